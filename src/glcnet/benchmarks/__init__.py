@@ -1,0 +1,27 @@
+"""``glcnet benchmark NAME``: speed/memory figures and ratios (never run by the tests).
+
+Each benchmark is a module ``glcnet.benchmarks.<name>`` with ``configure(parser)`` and
+``main(args) -> int``; it prints its figures and writes them as JSON with ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+BENCHMARKS = {
+    "views": "two-view generation: reference per-sample pipeline vs batched (ms/sample, ratio)",
+    "pretrain": "pretraining samples/s for glcnet vs simclr, and data loader throughput",
+    "predict": "sliding-window inference px/s and peak memory on 2000^2 and 6000^2 scenes",
+}
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="benchmark", metavar="NAME", required=True)
+    for name, help_ in BENCHMARKS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        importlib.import_module(f"glcnet.benchmarks.{name}").configure(p)
+
+
+def main(args: argparse.Namespace) -> int:
+    return importlib.import_module(f"glcnet.benchmarks.{args.benchmark}").main(args)

@@ -1,0 +1,301 @@
+"""Typed configs for every command, loaded from YAML with ``key.sub=value`` overrides.
+
+Every run saves its resolved config (``config.yaml``) in its run directory, so a run
+can be repeated exactly with ``glcnet <command> --config RUN/config.yaml``.
+Unknown keys are errors that list the valid keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from glcnet.errors import GlcnetError
+
+T = TypeVar("T")
+
+
+# ----------------------------------------------------------------------------- parts
+@dataclass
+class ModelConfig:
+    """DeepLabv3+ (smp) built from scratch, ``encoder_weights=None``."""
+
+    encoder: str = "resnet18"  # any smp encoder; the paper uses resnet50
+    output_stride: int = 16
+    aspp_channels: int = 256  # smp ``decoder_channels``: ASPP and decoder width
+    in_channels: int = 0  # 0: take the band count of the prepared data set
+
+
+@dataclass
+class ViewConfig:
+    """Two-view generation for pretraining (spec "Pretraining views")."""
+
+    size: int = 224  # output side of both views
+    scale: tuple[float, float] = (0.4, 1.0)  # RandomResizedCrop area fraction
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)  # RandomResizedCrop aspect ratio
+    p_flip: float = 0.8  # view 2: horizontal / vertical flip, each with this probability
+    p_rot: float = 0.8  # view 2: rotation by k*90 degrees, k in {1,2,3}
+    p_jitter: float = 0.8  # view 2: colour jitter
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4  # HSV jitter on the RGB bands only
+    hue: float = 0.1
+    p_gray: float = 0.1
+    p_blur: float = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    rgb_bands: tuple[int, int, int] | None = (0, 1, 2)  # band indices of R,G,B; None: no HSV jitter
+
+
+@dataclass
+class MethodConfig:
+    """Pretraining method and its options (one registry: ``glcnet.ssl.METHODS``)."""
+
+    name: str = "glcnet"
+    temperature: float = 0.5  # NT-Xent tau (glcnet global+local, simclr)
+    proj_dim: int = 64
+    # glcnet
+    lam: float = 0.5  # L = lam * L_global + (1 - lam) * L_local
+    style: bool = True  # mean+variance of ASPP features; False = "no style" ablation
+    patch_num: int = 4
+    patch_size: int = 48  # in view pixels (paper: 48 at 224)
+    # mocov2
+    queue_size: int = 2048
+    momentum: float = 0.999
+    moco_temperature: float = 0.2
+    # inpainting
+    mask_ratio: float = 0.25  # fraction of the view area that is masked
+    mask_block: int = 32  # side of the masked square blocks
+    # jigsaw
+    jigsaw_grid: int = 3
+    jigsaw_permutations: int = 1000
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 1e-5
+    epochs: int = 400
+    schedule: str = "cosine"  # cosine (to min_lr) | exp (lr * gamma**epoch) | constant
+    min_lr: float = 4e-8
+    gamma: float = 0.98
+    warmup_epochs: int = 0
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning Trainer settings: one CPU, one GPU, or DDP over GPUs/nodes."""
+
+    accelerator: str = "auto"
+    devices: str = "auto"  # "auto", "1", "4", ...
+    num_nodes: int = 1
+    strategy: str = "auto"  # "auto" or "ddp"; torchrun / SLURM are detected by Lightning
+    precision: str = "32-true"  # "16-mixed" / "bf16-mixed" on GPU
+    batch_size: int = 256  # per device
+    num_workers: int = 4
+    max_steps: int = -1  # >0: stop after this many optimizer steps (smoke runs)
+    limit_batches: float = 1.0  # fraction (or count if > 1) of batches per epoch
+    log_every: int = 10
+    channels_last: bool = False
+    progress: bool = True
+    checkpoint_every: int = 1  # epochs between "last" checkpoints
+
+
+# ----------------------------------------------------------------------------- commands
+@dataclass
+class PretrainConfig:
+    data: str = ""  # prepared data set folder (glcnet prepare)
+    out: str = "runs/pretrain"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    views: ViewConfig = field(default_factory=ViewConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+@dataclass
+class EvalConfig:
+    """Whole-scene sliding-window inference and metrics."""
+
+    window: int = 256
+    stride: int = 128
+    blend: str = "gaussian"  # gaussian | linear | mean
+    tta: bool = False  # average over flips
+    batch_size: int = 8
+    isprs: bool = True  # also report the ISPRS convention when eroded labels exist
+
+
+@dataclass
+class FinetuneConfig:
+    data: str = ""
+    out: str = "runs/finetune"
+    seed: int = 0
+    init: str = "none"  # "none" or a pretrained checkpoint (pretrained.pt or a run dir)
+    load: str = "encoder+aspp"  # encoder | encoder+aspp | all
+    fraction: float = 0.01  # labelled subset chosen by prepare: 0.01 0.05 0.1 0.2 1.0
+    crop: int = 256
+    class_weights: str = "none"  # none | inverse | sqrt-inverse (from train class counts)
+    val_every: int = 1  # epochs between validation passes on the val scenes
+    early_stop: int = 0  # patience in validations; 0 = off
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(lr=1e-4, epochs=150, schedule="exp", gamma=0.98)
+    )
+    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(batch_size=16))
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+@dataclass
+class ExperimentConfig:
+    """Grid of methods x label fractions x seeds; each cell pretrains (cached), fine-tunes, tests."""
+
+    data: str = ""
+    out: str = "runs/experiment"
+    methods: list[str] = field(default_factory=lambda: ["none", "simclr", "glcnet"])
+    fractions: list[float] = field(default_factory=lambda: [0.01])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+
+# ----------------------------------------------------------------------------- loading
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert a YAML value to the annotated type, or raise GlcnetError naming ``where``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise GlcnetError(f"{where}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except GlcnetError as e:
+                errors.append(str(e))
+        raise GlcnetError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise GlcnetError(f"{where}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise GlcnetError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise GlcnetError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise GlcnetError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if value is None or isinstance(value, (dict, list)):
+            raise GlcnetError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
+    """Build dataclass ``cls`` from a nested dict; unknown keys raise with the valid list."""
+    hints = _hints(cls)
+    names = [f.name for f in fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise GlcnetError(f"{where}: unknown key {unknown[0]!r} (valid: {', '.join(names)})")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    default = cls()
+    for k, v in kwargs.items():
+        cur = getattr(default, k)
+        if is_dataclass(cur) and isinstance(data[k], dict):
+            # merge onto the (possibly non-default) nested default, not the bare class
+            v = from_dict(type(cur), {**to_dict(cur), **data[k]}, f"{where}.{k}")
+        setattr(default, k, v)
+    return default
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists) for YAML/JSON."""
+
+    def plain(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        return x
+
+    return plain(asdict(cfg))
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` strings (value parsed as YAML) to a nested dict, in place."""
+    for ov in overrides:
+        if "=" not in ov:
+            raise GlcnetError(f"override {ov!r}: expected key=value (e.g. optim.lr=0.001)")
+        key, raw = ov.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise GlcnetError(f"override {ov!r}: {p!r} is not a section")
+        node[parts[-1]] = value
+    return data
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with one-line errors naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise GlcnetError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise GlcnetError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise GlcnetError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """Defaults <- YAML file (if any) <- ``key=value`` overrides, checked against ``cls``."""
+    data = read_yaml(path) if path else {}
+    apply_overrides(data, overrides or [])
+    return from_dict(cls, data, str(path) if path else "config")
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    from glcnet.utils.atomic import write_text
+
+    write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def replace(cfg: T, **changes: Any) -> T:
+    """``dataclasses.replace`` re-exported for convenience."""
+    return dataclasses.replace(cfg, **changes)

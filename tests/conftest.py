@@ -1,0 +1,45 @@
+"""Shared fixtures. Real samples come from ``$GLCNET_DATA`` or ``../shared/data``.
+
+In CI (``CI=true``) missing real data is an error, not a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    return Path(os.environ.get("GLCNET_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Folder of real RS samples (see its README)."""
+    d = shared_data_dir()
+    if not (d / "README.md").exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"real sample data missing at {d} (set GLCNET_DATA); required in CI")
+        pytest.skip(f"real sample data not found at {d}")
+    return d
+
+
+def run_cli(*args: str, check: bool = True, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the real ``glcnet`` CLI in a subprocess; return the completed process."""
+    e = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    p = subprocess.run([sys.executable, "-m", "glcnet.cli", *map(str, args)],
+                       capture_output=True, text=True, timeout=timeout, env=e)
+    if check and p.returncode != 0:
+        raise AssertionError(f"glcnet {' '.join(map(str, args))} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+@pytest.fixture
+def cli():
+    return run_cli
