@@ -282,8 +282,24 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def resolve_config(name: str | Path) -> Path:
+    """A config file path, or the name of a packaged config (``pretrain_cpu`` -> glcnet/configs/pretrain_cpu.yaml)."""
+    p = Path(name)
+    if p.exists():
+        return p
+    packaged = CONFIG_DIR / f"{p.stem}.yaml"
+    if packaged.exists() and p.suffix in ("", ".yaml", ".yml") and p.parent == Path("."):
+        return packaged
+    known = ", ".join(sorted(q.stem for q in CONFIG_DIR.glob("*.yaml")))
+    raise GlcnetError(f"{name}: config file not found (packaged configs: {known})")
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Defaults <- YAML file (if any) <- ``key=value`` overrides, checked against ``cls``."""
+    """Defaults <- YAML file or packaged config name (if any) <- ``key=value`` overrides, checked against ``cls``."""
+    path = resolve_config(path) if path else None
     data = read_yaml(path) if path else {}
     apply_overrides(data, overrides or [])
     return from_dict(cls, data, str(path) if path else "config")

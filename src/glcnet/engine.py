@@ -1,0 +1,193 @@
+"""Shared training machinery: Lightning Trainer, loggers, checkpoints, optimiser, resume.
+
+Used by ``glcnet pretrain`` and ``glcnet finetune``. One CPU, one GPU, or DDP over
+GPUs/nodes (Lightning detects torchrun and SLURM); mixed precision via
+``trainer.precision``; ``checkpoints/last.ckpt`` (model, optimiser, scheduler, loop
+state, RNG) written every ``checkpoint_every`` epochs for ``--resume``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from pathlib import Path
+from typing import Any, Iterable
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.utilities import rank_zero_only
+
+from glcnet.config import OptimConfig, TrainerConfig
+from glcnet.errors import GlcnetError
+from glcnet.runs import RunDir
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) and the DataLoader workers."""
+    L.seed_everything(seed, workers=True, verbose=False)
+
+
+class JsonlLogger(Logger):
+    """Lightning logger appending every logged metric dict to ``RUN/metrics.jsonl``."""
+
+    def __init__(self, run: RunDir):
+        super().__init__()
+        self.run = run
+
+    @property
+    def name(self) -> str:
+        return "jsonl"
+
+    @property
+    def version(self) -> str:
+        return ""
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.run.log({"step": step, **{k: float(v) for k, v in metrics.items()}})
+
+
+class RngState(Callback):
+    """Save/restore Python, NumPy and torch RNG states in checkpoints (exact resume)."""
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rng"] = {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        rng = checkpoint.get("rng")
+        if not rng:
+            return
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _devices(spec: str) -> str | int:
+    spec = str(spec).strip()
+    return int(spec) if spec.lstrip("-").isdigit() else spec
+
+
+def build_trainer(
+    tcfg: TrainerConfig,
+    run: RunDir,
+    max_epochs: int,
+    *,
+    monitor: str | None = None,
+    mode: str = "max",
+    early_stop: int = 0,
+    callbacks: Iterable[Callback] = (),
+    check_val_every_n_epoch: int = 1,
+) -> L.Trainer:
+    """A Trainer logging to CSV + ``metrics.jsonl`` and checkpointing into ``RUN/checkpoints``.
+
+    ``last.ckpt`` is written every ``tcfg.checkpoint_every`` epochs; with ``monitor``,
+    ``best.ckpt`` keeps the best value of that logged metric (``mode`` max/min) and
+    ``early_stop`` > 0 stops after that many validations without improvement.
+    """
+    ckpt_dir = run.path / "checkpoints"
+    cbs: list[Callback] = [
+        ModelCheckpoint(dirpath=ckpt_dir, filename="last-epoch", save_last=True, save_top_k=0,
+                        every_n_epochs=max(1, tcfg.checkpoint_every)),
+        RngState(),
+    ]
+    if monitor:
+        cbs.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode,
+                                   save_top_k=1, enable_version_counter=False, auto_insert_metric_name=False))
+        if early_stop > 0:
+            cbs.append(EarlyStopping(monitor=monitor, mode=mode, patience=early_stop))
+    cbs.append(LearningRateMonitor(logging_interval="step"))
+    cbs.extend(callbacks)
+    limit = tcfg.limit_batches
+    limit_batches: int | float = int(limit) if limit > 1 else limit
+    return L.Trainer(
+        accelerator=tcfg.accelerator,
+        devices=_devices(tcfg.devices),
+        num_nodes=tcfg.num_nodes,
+        strategy=tcfg.strategy,
+        precision=tcfg.precision,
+        max_epochs=max_epochs,
+        max_steps=tcfg.max_steps,
+        limit_train_batches=limit_batches,
+        log_every_n_steps=max(1, tcfg.log_every),
+        check_val_every_n_epoch=max(1, check_val_every_n_epoch),
+        num_sanity_val_steps=0,
+        enable_progress_bar=tcfg.progress,
+        enable_model_summary=False,
+        logger=[CSVLogger(save_dir=run.path, name="logs", version=""), JsonlLogger(run)],
+        callbacks=cbs,
+        default_root_dir=run.path,
+    )
+
+
+def resume_ckpt(run: RunDir) -> str | None:
+    """``RUN/checkpoints/last.ckpt`` if a previous (possibly killed) run left one."""
+    p = run.path / "checkpoints" / "last.ckpt"
+    return str(p) if p.is_file() else None
+
+
+def lr_factor(epoch: int, ocfg: OptimConfig) -> float:
+    """Learning-rate multiplier at ``epoch`` (0-based).
+
+    cosine: ``m + (1 - m) * (1 + cos(pi * t)) / 2`` with ``m = min_lr / lr`` and
+    ``t = (epoch - warmup) / (epochs - warmup)``; exp: ``gamma ** epoch``; constant: 1.
+    Linear warm-up over ``warmup_epochs`` first.
+    """
+    if ocfg.warmup_epochs > 0 and epoch < ocfg.warmup_epochs:
+        return (epoch + 1) / ocfg.warmup_epochs
+    if ocfg.schedule == "cosine":
+        span = max(1, ocfg.epochs - ocfg.warmup_epochs)
+        t = min(1.0, (epoch - ocfg.warmup_epochs) / span)
+        m = ocfg.min_lr / ocfg.lr
+        return m + (1 - m) * 0.5 * (1 + math.cos(math.pi * t))
+    if ocfg.schedule == "exp":
+        return ocfg.gamma**epoch
+    if ocfg.schedule == "constant":
+        return 1.0
+    raise GlcnetError(f"optim.schedule: unknown schedule {ocfg.schedule!r} (valid: cosine, exp, constant)")
+
+
+def configure_optim(params: Iterable[torch.nn.Parameter], ocfg: OptimConfig) -> dict[str, Any]:
+    """Adam(lr, betas, weight_decay) + per-epoch schedule, as Lightning's ``configure_optimizers``."""
+    lr_factor(0, ocfg)  # validate the schedule name early
+    opt = torch.optim.Adam([p for p in params if p.requires_grad], lr=ocfg.lr,
+                           betas=tuple(ocfg.betas), weight_decay=ocfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: lr_factor(e, ocfg))
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+
+def load_torch(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    """``torch.load`` a checkpoint dict, with one-line errors naming the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise GlcnetError(f"{p}: {what} not found")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt, truncated, not a torch file
+        raise GlcnetError(f"{p}: not a readable {what} ({type(e).__name__})") from None
+    if not isinstance(obj, dict):
+        raise GlcnetError(f"{p}: not a glcnet {what} (expected a dict)")
+    return obj
+
+
+def loader_workers(requested: int) -> int:
+    """Cap DataLoader workers at the CPUs this process may use."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        cpus = os.cpu_count() or 1
+    return max(0, min(requested, cpus))

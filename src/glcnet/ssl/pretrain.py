@@ -1,0 +1,175 @@
+"""``glcnet pretrain``: self-supervised pretraining of DeepLabv3+ on unlabeled tiles.
+
+The loader only reads raw tiles (memory-mapped windows, cheap); the two augmented views
+and their patch correspondence are made *on the training device*, batched, inside the
+method's ``forward``. Writes into the run directory:
+
+    config.yaml, run.json, metrics.jsonl, logs/   (see glcnet.runs)
+    checkpoints/last.ckpt                         full state for --resume
+    pretrained.pt                                 the network for fine-tuning (design.md)
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from glcnet.config import PretrainConfig, load_config, to_dict
+from glcnet.engine import build_trainer, configure_optim, load_torch, loader_workers, resume_ckpt, seed_everything
+from glcnet.errors import GlcnetError
+from glcnet.runs import RunDir
+from glcnet.utils.atomic import torch_save
+
+
+class PretrainTask(L.LightningModule):
+    """Lightning wrapper: one optimiser step per batch of raw tiles, logs every loss term."""
+
+    def __init__(self, method: torch.nn.Module, cfg: PretrainConfig, export: dict[str, Any], out: Path):
+        super().__init__()
+        self.method = method
+        self.cfg = cfg
+        self.export_meta = export
+        self.out = out
+        self._t0: float | None = None
+
+    def _gather(self, x: torch.Tensor) -> torch.Tensor:
+        if self.trainer.world_size <= 1:
+            return x
+        from glcnet.utils.dist import gather_with_grad
+
+        return gather_with_grad(x)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images = batch["image"]  # [B, C, H, W] in [0, 1]
+        if self.cfg.trainer.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        out = self.method(images, gather=self._gather)
+        bs = images.shape[0]
+        for k, v in out.items():
+            self.log(f"train/{k}", v.detach().float(), prog_bar=k == "loss", batch_size=bs, sync_dist=False)
+        return out["loss"]
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._t0 is None:
+            self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.method.on_after_step()
+        now = time.perf_counter()
+        n = batch["image"].shape[0] * self.trainer.world_size
+        if self._t0 is not None and now > self._t0:
+            self.log("train/samples_per_s", n / (now - self._t0), prog_bar=True, batch_size=n)
+        self._t0 = now
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        return configure_optim(self.method.parameters(), self.cfg.optim)
+
+    def on_train_epoch_end(self) -> None:
+        self.export()
+
+    def export(self) -> Path:
+        """Write ``pretrained.pt`` (rank 0 only, atomically)."""
+        path = self.out / "pretrained.pt"
+        if self.trainer.is_global_zero:
+            state = {k: v.detach().cpu() for k, v in self.method.pretrained_state_dict().items()}
+            torch_save({**self.export_meta, "epoch": self.current_epoch, "step": self.global_step,
+                        "state_dict": state}, path)
+        return path
+
+
+def _pool_loader(cfg: PretrainConfig, ds: Any) -> DataLoader:
+    from glcnet.data.prepared import TileDataset
+
+    pool = TileDataset(ds, splits=("train", "unlabeled"), with_mask=False)
+    if len(pool) == 0:
+        raise GlcnetError(f"{cfg.data}: no train/unlabeled tiles to pretrain on")
+    tile = pool[0]["image"].shape[-1]
+    if tile < cfg.views.size:
+        raise GlcnetError(f"{cfg.data}: tiles are {tile} px but views.size is {cfg.views.size}; "
+                          f"set views.size <= {tile} (a multiple of 16)")
+    if cfg.views.size % 16:
+        raise GlcnetError(f"views.size must be a multiple of 16, got {cfg.views.size}")
+    bs = cfg.trainer.batch_size
+    if len(pool) < bs:
+        raise GlcnetError(f"{cfg.data}: {len(pool)} tiles, fewer than trainer.batch_size={bs}")
+    workers = loader_workers(cfg.trainer.num_workers)
+    return DataLoader(pool, batch_size=bs, shuffle=True, drop_last=True, num_workers=workers,
+                      persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+
+
+def run(cfg: PretrainConfig, resume: bool = False) -> Path:
+    """Pretrain ``cfg.method.name`` on ``cfg.data``; return the path of ``pretrained.pt``."""
+    from glcnet.data.prepared import PreparedDataset
+    from glcnet.ssl import build_method
+
+    if not cfg.data:
+        raise GlcnetError("pretrain: no data set given (--data PREPARED or data: in the config)")
+    ds = PreparedDataset(cfg.data)
+    out = Path(cfg.out)
+    last = resume_ckpt(RunDir(out))
+    if (out / "pretrained.pt").exists() and not resume and last is None:
+        raise GlcnetError(f"{out}: a finished run is already there (choose another --out)")
+    if last is not None and not resume:
+        raise GlcnetError(f"{out}: holds an unfinished run; continue it with --resume or choose another --out")
+    if resume and last is None:
+        raise GlcnetError(f"{out}: nothing to resume (no checkpoints/last.ckpt)")
+    seed_everything(cfg.seed)
+    run_dir = RunDir.create(out, cfg, cfg.seed, extra={"task": "pretrain", "resumed_from": last})
+    method = build_method(cfg, ds.in_channels, ds.mean, ds.std)
+    if cfg.trainer.channels_last:
+        method = method.to(memory_format=torch.channels_last)
+    export = {
+        "kind": "pretrained",
+        "method": cfg.method.name,
+        "model": to_dict(cfg.model),
+        "in_channels": ds.in_channels,
+        "bands": list(ds.bands),
+        "mean": list(map(float, ds.mean)),
+        "std": list(map(float, ds.std)),
+        "value_range": [list(map(float, r)) for r in ds.value_range],
+    }
+    task = PretrainTask(method, cfg, export, out)
+    loader = _pool_loader(cfg, ds)
+    trainer = build_trainer(cfg.trainer, run_dir, max_epochs=cfg.optim.epochs)
+    trainer.fit(task, loader, ckpt_path=last if resume else None)
+    return task.export()
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config (see configs/pretrain_*.yaml)")
+    parser.add_argument("--data", help="prepared data set folder (overrides data:)")
+    parser.add_argument("--out", help="run directory (overrides out:)")
+    parser.add_argument("--method", help="glcnet, glcnet_no_style, glcnet_no_global, glcnet_no_local, "
+                        "simclr, mocov2, inpainting, jigsaw")
+    parser.add_argument("--resume", action="store_true", help="continue a killed run from checkpoints/last.ckpt")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.epochs=5")
+
+
+def main(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides)
+    for key in ("data", "out"):
+        if getattr(args, key):
+            overrides.append(f"{key}={getattr(args, key)}")
+    if args.method:
+        overrides.append(f"method.name={args.method}")
+    cfg = load_config(PretrainConfig, args.config, overrides)
+    path = run(cfg, resume=args.resume)
+    print(f"pretrained weights: {path}")
+    return 0
+
+
+def load_pretrained(path: str | Path) -> dict[str, Any]:
+    """Read a ``pretrained.pt`` (or a pretraining run folder holding one)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "pretrained.pt"
+    ckpt = load_torch(p, "pretrained checkpoint")
+    if ckpt.get("kind") not in ("pretrained", "segmentation") or "state_dict" not in ckpt:
+        raise GlcnetError(f"{p}: not a glcnet checkpoint (no kind/state_dict)")
+    return ckpt
