@@ -1,0 +1,221 @@
+"""``prepare``: raw data set folder -> prepared folder (format in docs/design.md).
+
+Steps: discover scenes -> check every header (band count, sizes, dtype, tile size) before
+any heavy work -> split scenes -> per scene write ``images/<scene>.npy`` (raw values),
+``masks/<scene>.npy`` (decoded indices), ``eval_masks/`` when eroded labels exist ->
+tile windows, labelled subsets, statistics -> ``dataset.json``, ``tiles.csv``,
+``splits.json``. Everything is written in a temporary folder renamed at the end, so a
+failure never leaves a half-written output.
+
+Statistics: ``value_range`` per band is ``[0, 255]`` for uint8 bands, else the 0.5th and
+99.5th percentiles over the train scenes (sampled); ``mean``/``std`` are over the scaled
+train pixels; ``class_counts`` are pixel counts per class over whole scenes per split.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from glcnet.data.formats import Format, Source, default_colors, get_format
+from glcnet.data.raster import RASTER_SUFFIXES, probe, scale
+from glcnet.data.splits import ALL_SPLITS, DEFAULT_FRACTIONS, SPLITS, assign_splits, labelled_subsets, tile_windows
+from glcnet.errors import GlcnetError
+from glcnet.utils.atomic import atomic_dir, write_json
+
+log = logging.getLogger("glcnet.data")
+VERSION = 1
+_PERCENTILE_SAMPLES = 1_000_000  # pixels per scene and band for the percentile estimate
+
+
+def prepare(fmt: str, src: str | Path, out: str | Path, *, tile_size: int = 256, stride: int | None = None,
+            seed: int = 0, overwrite: bool = False, split_ratios: Sequence[float] = (0.6, 0.2, 0.2),
+            split_file: str | Path | None = None, val_scenes: Sequence[str] | None = None,
+            fractions: Sequence[float] = DEFAULT_FRACTIONS, unlabeled: str | Path | None = None,
+            select_bands: Sequence[str] | None = None, name: str | None = None,
+            **format_options: Any) -> Path:
+    """Prepare ``src`` (format ``fmt``) into ``out``; returns ``out``.
+
+    ``format_options`` go to the format class (e.g. ``labels="eroded"``, ``dsm=True``,
+    ``classes=[...]``, ``bands=[...]``, ``legend=FILE``, ``reduce_zero_label=True``,
+    ``mask_threshold=128``); an option the format does not know is an error.
+    """
+    src, out = Path(src), Path(out)
+    stride = stride or tile_size
+    if tile_size < 1 or stride < 1:
+        raise GlcnetError(f"tile size {tile_size} and stride {stride} must be positive")
+    if not src.is_dir():
+        raise GlcnetError(f"{src}: source folder not found")
+    if out.resolve() == src.resolve() or out.resolve() in src.resolve().parents:
+        raise GlcnetError(f"{out}: output folder must not contain the source folder {src}")
+    f = get_format(fmt, **format_options)
+    sources = f.discover(src) + _unlabeled_sources(unlabeled)
+    _check_names(sources)
+    shapes, bands, band_dtypes, dtype = _preflight(f, sources, tile_size)
+    sel = _select(bands, select_bands, sources[0].image)
+    bands, band_dtypes = [bands[i] for i in sel], [band_dtypes[i] for i in sel]
+    splits = assign_splits({s.name: (s.split, s.mask is not None) for s in sources}, seed=seed,
+                           ratios=split_ratios, split_file=split_file, val_scenes=val_scenes,
+                           default_val=f.default_val)
+    order = {s: i for i, s in enumerate(ALL_SPLITS)}
+    sources.sort(key=lambda s: (order[splits[s.name]], s.name))
+
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        for d in ("images", "masks"):
+            (tmp / d).mkdir()
+        scenes, tiles, counts, has_label = [], [], {s: np.zeros(256, np.int64) for s in SPLITS}, []
+        for i, s in enumerate(sources):
+            split = splits[s.name]
+            h, w = shapes[s.name]
+            log.info("[%d/%d] %s (%s, %dx%d)", i + 1, len(sources), s.name, split, w, h)
+            image, meta = f.read_image(s)
+            np.save(tmp / "images" / f"{s.name}.npy", np.ascontiguousarray(image[sel].astype(dtype, copy=False)))
+            del image
+            mask = f.read_mask(s.mask) if s.mask else None
+            if mask is not None:
+                np.save(tmp / "masks" / f"{s.name}.npy", mask)
+                if split in counts:
+                    counts[split] += np.bincount(mask.ravel(), minlength=256)
+            if s.eval_mask:
+                (tmp / "eval_masks").mkdir(exist_ok=True)
+                np.save(tmp / "eval_masks" / f"{s.name}.npy", f.read_eval_mask(s.eval_mask))
+            for x, y in tile_windows(h, w, tile_size, stride):
+                tid = len(tiles)
+                tiles.append((tid, s.name, split, x, y, tile_size, tile_size))
+                if split == "train" and mask is not None and (mask[y:y + tile_size, x:x + tile_size] != 255).any():
+                    has_label.append(tid)
+            scenes.append({"name": s.name, "split": split, "height": h, "width": w,
+                           "crs": meta["crs"], "transform": meta["transform"],
+                           "source_image": str(s.image), "source_mask": str(s.mask) if s.mask else None,
+                           "has_mask": mask is not None, "has_eval_mask": s.eval_mask is not None})
+            del mask
+
+        classes = f.final_classes()
+        k = len(classes)
+        if k == 0 or k > 255:
+            raise GlcnetError(f"{src}: {k} classes found; expected 1..255 (give --classes)")
+        stat_names = [s["name"] for s in scenes if s["split"] == "train"] or [s["name"] for s in scenes]
+        arrays = [np.load(tmp / "images" / f"{n}.npy", mmap_mode="r") for n in stat_names]
+        value_range = _value_range(arrays, band_dtypes)
+        mean, std = _mean_std(arrays, value_range)
+        del arrays
+        subsets = labelled_subsets(has_label, fractions, seed)
+        colors = [list(c) for c in f.colors] if len(f.colors) == k else default_colors(k)
+        write_json(tmp / "dataset.json", {
+            "version": VERSION, "name": name or (fmt if fmt != "generic" else src.resolve().name),
+            "format": fmt, "bands": list(bands), "dtype": str(np.dtype(dtype)),
+            "classes": list(classes), "colors": colors, "ignore_index": 255,
+            "value_range": value_range, "mean": mean, "std": std,
+            "class_counts": {sp: c[:k].tolist() for sp, c in counts.items()},
+            "tile_size": tile_size, "stride": stride, "seed": seed, "source": str(src),
+            "scenes": scenes})
+        with open(tmp / "tiles.csv", "w", newline="") as fh:
+            wr = csv.writer(fh)
+            wr.writerow(["tile_id", "scene", "split", "x", "y", "width", "height"])
+            wr.writerows(tiles)
+        write_json(tmp / "splits.json", {
+            "seed": seed,
+            "scenes": {sp: [s["name"] for s in scenes if s["split"] == sp] for sp in ALL_SPLITS},
+            "labelled": subsets})
+    return out
+
+
+def _unlabeled_sources(folder: str | Path | None) -> list[Source]:
+    """Every raster in ``folder`` as an image without mask (split ``unlabeled``)."""
+    if folder is None:
+        return []
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise GlcnetError(f"{folder}: unlabeled folder not found")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES)
+    if not files:
+        raise GlcnetError(f"{folder}: no images found in the unlabeled folder")
+    return [Source(p.stem, p, split="unlabeled") for p in files]
+
+
+def _check_names(sources: list[Source]) -> None:
+    seen: dict[str, Path] = {}
+    for s in sources:
+        if s.name in seen:
+            raise GlcnetError(f"{s.image}: duplicate scene name {s.name!r} (also {seen[s.name]})")
+        seen[s.name] = s.image
+
+
+def _preflight(f: Format, sources: list[Source], tile: int):
+    """Read every header once: band count/names, sizes, dtypes, tile size; fail fast.
+
+    Returns ``({scene: (H, W)}, band names, per-band dtypes, stored dtype)``.
+    """
+    shapes, bands, band_dtypes, dtype = {}, None, None, None
+    for s in sources:
+        info = probe(s.image)
+        h, w = info["height"], info["width"]
+        names = f.band_names(info["count"], s.image, len(s.extra))
+        dts = [info["dtype"]] * info["count"]
+        for p in s.extra:
+            e = probe(p)
+            if e["count"] != 1 or (e["height"], e["width"]) != (h, w):
+                raise GlcnetError(f"{p}: is {e['count']} band(s) {e['width']}x{e['height']}, expected "
+                                  f"1 band {w}x{h} like {s.image}")
+            dts.append(e["dtype"])
+        for p in (s.mask, s.eval_mask):
+            if p is not None:
+                m = probe(p)
+                if (m["height"], m["width"]) != (h, w):
+                    raise GlcnetError(f"{p}: mask is {m['width']}x{m['height']} but image {s.image.name} "
+                                      f"is {w}x{h}")
+        if tile > h or tile > w:
+            raise GlcnetError(f"{s.image}: scene {s.name} is {w}x{h}, smaller than the tile size {tile}")
+        dt = np.result_type(*dts)
+        if dtype is None:
+            bands, band_dtypes, dtype = names, dts, dt
+        elif dt != dtype:
+            raise GlcnetError(f"{s.image}: dtype {dt} differs from {dtype} of {sources[0].image.name}")
+        shapes[s.name] = (h, w)
+    return shapes, list(bands), band_dtypes, dtype
+
+
+def _select(bands: list[str], select: Sequence[str] | None, path: Path) -> list[int]:
+    """Band indices for ``--select-bands`` names (all bands when None)."""
+    if not select:
+        return list(range(len(bands)))
+    missing = [b for b in select if b not in bands]
+    if missing:
+        raise GlcnetError(f"{path}: no band {missing[0]!r} to select (bands: {','.join(bands)})")
+    return [bands.index(b) for b in select]
+
+
+def _value_range(arrays: list[np.ndarray], band_dtypes: list[str]) -> list[list[float]]:
+    """Per band ``[lo, hi]``: uint8 -> [0, 255]; else 0.5/99.5 percentiles of sampled pixels."""
+    out = []
+    for b, dt in enumerate(band_dtypes):
+        if np.dtype(dt) == np.uint8:
+            out.append([0.0, 255.0])
+            continue
+        samples = []
+        for a in arrays:
+            step = max(1, int(np.sqrt(a.shape[1] * a.shape[2] / _PERCENTILE_SAMPLES)))
+            samples.append(np.asarray(a[b, ::step, ::step], dtype=np.float64).ravel())
+        v = np.concatenate(samples)
+        lo, hi = np.nanpercentile(v, [0.5, 99.5]) if np.isfinite(v).any() else (0.0, 1.0)
+        out.append([float(lo), float(hi) if hi > lo else float(lo) + 1.0])
+    return out
+
+
+def _mean_std(arrays: list[np.ndarray], value_range: list[list[float]], rows: int = 256):
+    """Mean and std per band of the scaled pixels of ``arrays`` (streamed in row blocks)."""
+    c = len(value_range)
+    s1, s2, n = np.zeros(c), np.zeros(c), 0
+    for a in arrays:
+        for y in range(0, a.shape[1], rows):
+            x = scale(np.asarray(a[:, y:y + rows]), value_range).reshape(c, -1)  # [C, rows*W]
+            s1 += x.sum(1, dtype=np.float64)
+            s2 += np.square(x, dtype=np.float64).sum(1)
+            n += x.shape[1]
+    mean = s1 / max(n, 1)
+    std = np.sqrt(np.maximum(s2 / max(n, 1) - mean ** 2, 0.0))
+    return mean.tolist(), std.tolist()

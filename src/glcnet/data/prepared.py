@@ -1,0 +1,203 @@
+"""Reader of a prepared data set (``glcnet prepare`` output, format in docs/design.md).
+
+``PreparedDataset(root)`` validates the folder and exposes its metadata and arrays;
+``TileDataset`` yields training tiles, ``SceneDataset`` whole scenes for evaluation.
+Scene arrays are memory-mapped ``.npy`` files, opened lazily in each process (the
+datasets pickle without them), so DataLoader workers read only the windows they need.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence
+
+import numpy as np
+import torch
+
+from glcnet.data.raster import scale
+from glcnet.data.splits import fraction_key
+from glcnet.errors import GlcnetError
+
+__all__ = ["PreparedDataset", "SceneDataset", "Tile", "TileDataset", "scale"]
+_REQUIRED = ("version", "bands", "classes", "ignore_index", "value_range", "mean", "std", "scenes")
+
+
+class Tile(NamedTuple):
+    tile_id: int
+    scene: str
+    split: str
+    x: int
+    y: int
+    width: int
+    height: int
+
+
+class PreparedDataset:
+    """A prepared folder: ``dataset.json``, ``tiles.csv``, ``splits.json``, ``images/``, ``masks/``."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        meta_path = self.root / "dataset.json"
+        if not meta_path.is_file():
+            raise GlcnetError(f"{self.root}: not a prepared data set (no dataset.json; run glcnet prepare)")
+        try:
+            self.meta: dict[str, Any] = json.loads(meta_path.read_text())
+            self.split_info: dict[str, Any] = json.loads((self.root / "splits.json").read_text())
+            with open(self.root / "tiles.csv", newline="") as fh:
+                self._tiles = [Tile(int(r["tile_id"]), r["scene"], r["split"], int(r["x"]), int(r["y"]),
+                                    int(r["width"]), int(r["height"])) for r in csv.DictReader(fh)]
+        except FileNotFoundError as e:
+            raise GlcnetError(f"{e.filename}: missing from the prepared data set") from None
+        except (json.JSONDecodeError, KeyError, ValueError, TypeError) as e:
+            raise GlcnetError(f"{self.root}: corrupt prepared data set ({type(e).__name__}: {e})") from None
+        missing = [k for k in _REQUIRED if k not in self.meta]
+        if missing:
+            raise GlcnetError(f"{meta_path}: missing key {missing[0]!r}")
+        if self.meta["version"] != 1:
+            raise GlcnetError(f"{meta_path}: version {self.meta['version']} not supported (expected 1)")
+        self._scenes = {s["name"]: s for s in self.meta["scenes"]}
+        self._arrays: dict[tuple[str, str], np.ndarray] = {}
+
+    # -- metadata
+    name = property(lambda self: self.meta.get("name", self.root.name))
+    classes = property(lambda self: list(self.meta["classes"]))
+    colors = property(lambda self: self.meta.get("colors"))
+    bands = property(lambda self: list(self.meta["bands"]))
+    ignore_index = property(lambda self: int(self.meta["ignore_index"]))
+    num_classes = property(lambda self: len(self.meta["classes"]))
+    in_channels = property(lambda self: len(self.meta["bands"]))
+    mean = property(lambda self: list(self.meta["mean"]))
+    std = property(lambda self: list(self.meta["std"]))
+    value_range = property(lambda self: [list(v) for v in self.meta["value_range"]])
+    fractions = property(lambda self: [float(k) for k in self.split_info.get("labelled", {})])
+
+    def scenes(self, split: str | Sequence[str] | None = None) -> list[str]:
+        """Scene names of one split (or several; all when None), in file order."""
+        splits = (split,) if isinstance(split, str) else split
+        return [n for n, s in self._scenes.items() if splits is None or s["split"] in splits]
+
+    def scene_info(self, scene: str) -> dict[str, Any]:
+        """The scene's entry in dataset.json (size, split, CRS, transform, sources)."""
+        if scene not in self._scenes:
+            raise GlcnetError(f"{self.root}: no scene {scene!r}")
+        return self._scenes[scene]
+
+    def tiles(self, split: str | Sequence[str] = "train", fraction: float | None = None) -> list[Tile]:
+        """Tiles of the split(s); ``fraction`` keeps only the labelled subset chosen by prepare."""
+        splits = (split,) if isinstance(split, str) else tuple(split)
+        out = [t for t in self._tiles if t.split in splits]
+        if fraction is not None:
+            subsets = self.split_info.get("labelled", {})
+            key = fraction_key(fraction)
+            if key not in subsets:
+                raise GlcnetError(f"{self.root}: no labelled subset {key} (available: {', '.join(subsets)})")
+            keep = set(subsets[key])
+            out = [t for t in out if t.tile_id in keep]
+        return out
+
+    # -- arrays
+    def _array(self, kind: str, scene: str) -> np.ndarray | None:
+        key = (kind, scene)
+        if key not in self._arrays:
+            info = self.scene_info(scene)
+            absent = ((kind == "masks" and not info.get("has_mask", True))
+                      or (kind == "eval_masks" and not info.get("has_eval_mask", False)))
+            if absent:
+                self._arrays[key] = None
+            else:
+                path = self.root / kind / f"{scene}.npy"
+                try:
+                    self._arrays[key] = np.load(path, mmap_mode="r")
+                except (OSError, ValueError) as e:
+                    raise GlcnetError(f"{path}: cannot read ({e})") from None
+        return self._arrays[key]
+
+    def raw(self, scene: str) -> np.ndarray:
+        """Memory-mapped raw values ``[C, H, W]`` (native dtype)."""
+        return self._array("images", scene)
+
+    def image(self, scene: str) -> np.ndarray:
+        """Scaled float32 ``[C, H, W]`` in [0, 1] (see :func:`scale`)."""
+        return scale(np.asarray(self.raw(scene)), self.value_range)
+
+    def mask(self, scene: str) -> np.ndarray | None:
+        """uint8 ``[H, W]`` class indices (255 = ignore), memory-mapped; None for unlabeled scenes."""
+        return self._array("masks", scene)
+
+    def eval_mask(self, scene: str) -> np.ndarray | None:
+        """ISPRS-convention mask (eroded boundaries and clutter -> 255) or None."""
+        return self._array("eval_masks", scene)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_arrays": {}}  # memory maps are reopened in each worker
+
+    def __repr__(self) -> str:
+        return f"PreparedDataset({str(self.root)!r}, {len(self._scenes)} scenes, {len(self._tiles)} tiles)"
+
+
+class TileDataset(torch.utils.data.Dataset):
+    """Tiles as ``{"image": float32 [C, h, w] in [0, 1], "mask": int64 [h, w]}``.
+
+    ``crop``: random ``crop`` x ``crop`` window inside each tile; ``augment``: random
+    horizontal/vertical flips and rotation by k*90 degrees (image and mask alike), drawn
+    from torch's RNG (seeded per DataLoader worker). Unlabeled tiles get an all-255 mask.
+    """
+
+    def __init__(self, ds: PreparedDataset, splits: str | Sequence[str] = ("train",), fraction: float | None = None,
+                 with_mask: bool = True, crop: int | None = None, augment: bool = False):
+        self.ds, self.with_mask, self.crop, self.augment = ds, with_mask, crop, augment
+        self.items = ds.tiles(splits, fraction)
+        if not self.items:
+            raise GlcnetError(f"{ds.root}: no tiles in split(s) {splits}"
+                              + (f" for fraction {fraction}" if fraction is not None else ""))
+        small = min(min(t.width, t.height) for t in self.items)
+        if crop is not None and crop > small:
+            raise GlcnetError(f"{ds.root}: crop {crop} is larger than the tiles ({small} px)")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        t = self.items[i]
+        x, y, w, h = t.x, t.y, t.width, t.height
+        if self.crop is not None:
+            x += int(torch.randint(0, w - self.crop + 1, ()))
+            y += int(torch.randint(0, h - self.crop + 1, ()))
+            w = h = self.crop
+        image = torch.from_numpy(scale(np.asarray(self.ds.raw(t.scene)[:, y:y + h, x:x + w]),
+                                       self.ds.value_range))  # [C, h, w]
+        out = {"image": image}
+        if self.with_mask:
+            m = self.ds.mask(t.scene)
+            m = np.full((h, w), 255, np.uint8) if m is None else m[y:y + h, x:x + w]
+            out["mask"] = torch.from_numpy(m.astype(np.int64))  # [h, w]
+        if self.augment:
+            flips = [d for d in (-1, -2) if bool(torch.rand(()) < 0.5)]
+            k = int(torch.randint(0, 4, ()))
+            for key, v in out.items():
+                v = torch.flip(v, flips) if flips else v
+                out[key] = torch.rot90(v, k, dims=(-2, -1)).contiguous()
+        return out
+
+
+class SceneDataset(torch.utils.data.Dataset):
+    """Whole scenes of one split: ``{"name", "image" [C, H, W] scaled, "mask" [H, W] int64,
+    "eval_mask" [H, W] int64 (only where prepared)}``; ``mask`` is absent for unlabeled scenes."""
+
+    def __init__(self, ds: PreparedDataset, split: str):
+        self.ds, self.names = ds, ds.scenes(split)
+        if not self.names:
+            raise GlcnetError(f"{ds.root}: no scenes in split {split!r}")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        name = self.names[i]
+        out: dict[str, Any] = {"name": name, "image": torch.from_numpy(self.ds.image(name))}
+        for key, m in (("mask", self.ds.mask(name)), ("eval_mask", self.ds.eval_mask(name))):
+            if m is not None:
+                out[key] = torch.from_numpy(np.asarray(m, dtype=np.int64))
+        return out

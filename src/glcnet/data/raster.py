@@ -1,0 +1,114 @@
+"""Raster readers (GeoTIFF, PNG, JPEG via rasterio) and the one scaling convention.
+
+Every reader returns arrays in ``[C, H, W]`` order with the file's native dtype and turns
+any read problem into a one-line :class:`~glcnet.errors.GlcnetError` naming the file.
+Georeferencing (CRS as WKT, affine transform ``(a, b, c, d, e, f)``) is returned as
+metadata; files without it (plain PNG/JPEG) give ``None``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from glcnet.errors import GlcnetError
+
+RASTER_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+
+
+def _open(path: Path):
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    if not path.is_file():
+        raise GlcnetError(f"{path}: file not found")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        try:
+            return rasterio.open(path)
+        except Exception as e:  # rasterio raises RasterioIOError for non-rasters
+            raise GlcnetError(f"{path}: cannot read raster ({_first_line(e)})") from None
+
+
+def _first_line(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def _check_png(path: Path) -> None:
+    """GDAL's PNG driver returns zeros for a truncated file; Pillow's CRC check catches it."""
+    if path.suffix.lower() != ".png":
+        return
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except Exception as e:
+        raise GlcnetError(f"{path}: corrupt PNG ({_first_line(e)})") from None
+
+
+def probe(path: str | Path) -> dict[str, Any]:
+    """Header only: ``{"count", "height", "width", "dtype"}`` (cheap, for early checks)."""
+    path = Path(path)
+    with _open(path) as src:
+        return {"count": src.count, "height": src.height, "width": src.width, "dtype": src.dtypes[0]}
+
+
+def read_raster(path: str | Path, bands: Sequence[int] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read bands (0-based indices, in the given order; default all) as ``[C, H, W]``.
+
+    Returns ``(array, meta)`` with ``meta = {"crs": WKT | None, "transform": 6-tuple | None,
+    "descriptions": [str | None per band read], "dtype": str}``. A 4th TIFF sample marked
+    "alpha" is read like any band (the Potsdam RGBIR tiles store NIR there).
+    """
+    path = Path(path)
+    with _open(path) as src:
+        _check_png(path)
+        idx = list(range(src.count)) if bands is None else list(bands)
+        bad = [b for b in idx if not 0 <= b < src.count]
+        if bad:
+            raise GlcnetError(f"{path}: has {src.count} bands, cannot read band index {bad[0]}")
+        if len(set(src.dtypes)) > 1:
+            raise GlcnetError(f"{path}: bands have different dtypes {sorted(set(src.dtypes))}")
+        try:
+            arr = src.read([b + 1 for b in idx])  # [C, H, W]
+        except Exception as e:
+            raise GlcnetError(f"{path}: cannot read raster data ({_first_line(e)})") from None
+        georef = src.crs is not None or not src.transform.is_identity
+        meta = {
+            "crs": src.crs.to_wkt() if src.crs else None,
+            "transform": list(src.transform)[:6] if georef else None,
+            "descriptions": [src.descriptions[b] for b in idx],
+            "dtype": str(arr.dtype),
+        }
+    return arr, meta
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Label image: 1 band -> index mask ``[H, W]``; 3 bands (or RGB + alpha) -> colours ``[3, H, W]``."""
+    path = Path(path)
+    arr, _ = read_raster(path)
+    if arr.shape[0] in (1, 2):  # gray (+ alpha)
+        return arr[0]
+    if arr.shape[0] in (3, 4):  # RGB (+ alpha)
+        return arr[:3]
+    raise GlcnetError(f"{path}: label image has {arr.shape[0]} bands, expected 1 (indices) or 3 (colours)")
+
+
+def scale(raw: np.ndarray, value_range: Sequence[Sequence[float]]) -> np.ndarray:
+    """Per-band scaling to [0, 1]: ``clip((raw - lo) / (hi - lo), 0, 1)`` as float32.
+
+    ``raw`` is ``[C, ...]``; ``value_range`` is ``[[lo, hi]] * C`` (dataset.json).
+    """
+    vr = np.asarray(value_range, dtype=np.float32)  # [C, 2]
+    if raw.shape[0] != len(vr):
+        raise GlcnetError(f"image has {raw.shape[0]} bands but the value range has {len(vr)}")
+    shape = (len(vr),) + (1,) * (raw.ndim - 1)
+    lo = vr[:, 0].reshape(shape)
+    span = np.maximum(vr[:, 1] - vr[:, 0], 1e-12).reshape(shape)
+    out = (raw.astype(np.float32) - lo) / span
+    return np.clip(out, 0.0, 1.0, out=out)
