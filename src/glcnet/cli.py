@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    _quiet_libraries()
     try:
         module = importlib.import_module(COMMANDS[args.command][0])
         return int(module.main(args) or 0)
@@ -58,6 +59,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _quiet_libraries() -> None:
+    """Keep Lightning's start-up chatter (tips, accelerator lines) out of the user's terminal."""
+    import logging
+    import warnings
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 
 
 if __name__ == "__main__":

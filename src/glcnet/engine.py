@@ -55,13 +55,24 @@ class JsonlLogger(Logger):
         self.run.log({"step": step, **{k: float(v) for k, v in metrics.items()}})
 
 
+def _np_state_to_torch(state: tuple) -> tuple:
+    """NumPy's RNG state with its key array as a tensor (loadable with ``weights_only=True``)."""
+    name, keys, pos, has_gauss, cached = state
+    return (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
+
+
+def _np_state_from_torch(state: tuple) -> tuple:
+    name, keys, pos, has_gauss, cached = state
+    return (name, keys.numpy().astype(np.uint32), pos, has_gauss, cached)
+
+
 class RngState(Callback):
     """Save/restore Python, NumPy and torch RNG states in checkpoints (exact resume)."""
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         checkpoint["rng"] = {
             "python": random.getstate(),
-            "numpy": np.random.get_state(),
+            "numpy": _np_state_to_torch(np.random.get_state()),
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
@@ -71,7 +82,7 @@ class RngState(Callback):
         if not rng:
             return
         random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
+        np.random.set_state(_np_state_from_torch(rng["numpy"]))
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
@@ -101,7 +112,8 @@ def build_trainer(
     """
     ckpt_dir = run.path / "checkpoints"
     cbs: list[Callback] = [
-        ModelCheckpoint(dirpath=ckpt_dir, filename="last-epoch", save_last=True, save_top_k=0,
+        # monitor=None + save_top_k=1: keep only the latest, under the fixed name last.ckpt
+        ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False,
                         every_n_epochs=max(1, tcfg.checkpoint_every)),
         RngState(),
     ]

@@ -52,7 +52,7 @@ class PretrainTask(L.LightningModule):
         out = self.method(images, gather=self._gather)
         bs = images.shape[0]
         for k, v in out.items():
-            self.log(f"train/{k}", v.detach().float(), prog_bar=k == "loss", batch_size=bs, sync_dist=False)
+            self.log(f"train/{k}", v.detach().float(), prog_bar=k == "loss", on_step=True, on_epoch=True, batch_size=bs)
         return out["loss"]
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -71,14 +71,14 @@ class PretrainTask(L.LightningModule):
         return configure_optim(self.method.parameters(), self.cfg.optim)
 
     def on_train_epoch_end(self) -> None:
-        self.export()
+        self.export(epochs_done=self.current_epoch + 1)
 
-    def export(self) -> Path:
-        """Write ``pretrained.pt`` (rank 0 only, atomically)."""
+    def export(self, epochs_done: int) -> Path:
+        """Write ``pretrained.pt`` (rank 0 only, atomically) after ``epochs_done`` epochs."""
         path = self.out / "pretrained.pt"
         if self.trainer.is_global_zero:
             state = {k: v.detach().cpu() for k, v in self.method.pretrained_state_dict().items()}
-            torch_save({**self.export_meta, "epoch": self.current_epoch, "step": self.global_step,
+            torch_save({**self.export_meta, "epochs": epochs_done, "step": self.global_step,
                         "state_dict": state}, path)
         return path
 
@@ -138,7 +138,7 @@ def run(cfg: PretrainConfig, resume: bool = False) -> Path:
     loader = _pool_loader(cfg, ds)
     trainer = build_trainer(cfg.trainer, run_dir, max_epochs=cfg.optim.epochs)
     trainer.fit(task, loader, ckpt_path=last if resume else None)
-    return task.export()
+    return task.export(epochs_done=trainer.current_epoch)  # also covers a max_steps stop mid-epoch
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
