@@ -93,11 +93,22 @@ def _devices(spec: str) -> str | int:
     return int(spec) if spec.lstrip("-").isdigit() else spec
 
 
+def _strategy(tcfg: TrainerConfig, find_unused: bool) -> str:
+    """DDP must be told when some parameters get no gradient (e.g. SimCLR leaves the decoder unused)."""
+    if not find_unused or tcfg.strategy not in ("auto", "ddp"):
+        return tcfg.strategy
+    dev = _devices(tcfg.devices)
+    gpus = torch.cuda.device_count() if tcfg.accelerator in ("auto", "gpu", "cuda") else 0
+    n = gpus if dev in ("auto", -1) else (dev if isinstance(dev, int) else 1)
+    return "ddp_find_unused_parameters_true" if n * tcfg.num_nodes > 1 else tcfg.strategy
+
+
 def build_trainer(
     tcfg: TrainerConfig,
     run: RunDir,
     max_epochs: int,
     *,
+    find_unused_parameters: bool = False,
     monitor: str | None = None,
     mode: str = "max",
     early_stop: int = 0,
@@ -130,7 +141,7 @@ def build_trainer(
         accelerator=tcfg.accelerator,
         devices=_devices(tcfg.devices),
         num_nodes=tcfg.num_nodes,
-        strategy=tcfg.strategy,
+        strategy=_strategy(tcfg, find_unused_parameters),
         precision=tcfg.precision,
         max_epochs=max_epochs,
         max_steps=tcfg.max_steps,

@@ -136,7 +136,8 @@ def run(cfg: PretrainConfig, resume: bool = False) -> Path:
     }
     task = PretrainTask(method, cfg, export, out)
     loader = _pool_loader(cfg, ds)
-    trainer = build_trainer(cfg.trainer, run_dir, max_epochs=cfg.optim.epochs)
+    trainer = build_trainer(cfg.trainer, run_dir, max_epochs=cfg.optim.epochs,
+                            find_unused_parameters=getattr(method, "find_unused_parameters", False))
     trainer.fit(task, loader, ckpt_path=last if resume else None)
     return task.export(epochs_done=trainer.current_epoch)  # also covers a max_steps stop mid-epoch
 
