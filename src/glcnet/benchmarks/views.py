@@ -1,0 +1,138 @@
+"""``glcnet benchmark views``: the reference per-sample view pipeline vs the batched one.
+
+Both run on the same batches of random ``tile x tile`` uint8 tiles with ``bands`` bands.
+Reference (:mod:`glcnet.benchmarks.reference_views`): per sample, PIL/NumPy transforms
+with an index map, the set-based patch search, then collation into tensors. Ours
+(:mod:`glcnet.data.views`): uint8 -> float [0, 1], ``ViewGenerator`` and
+``sample_patches`` on the whole batch. Batches alternate between the two, so both see
+the same machine load; figures are medians over ``--batches`` after ``--warmup``, as wall
+clock and as process CPU time (all threads; less sensitive to other processes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from glcnet.benchmarks.reference_views import reference_sample
+from glcnet.config import ViewConfig
+from glcnet.data.views import ViewGenerator, sample_patches
+from glcnet.errors import GlcnetError
+from glcnet.utils.atomic import write_json
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch", type=int, default=64, help="tiles per batch (default 64)")
+    parser.add_argument("--batches", type=int, default=5, help="timed batches (default 5)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed batches first (default 1)")
+    parser.add_argument("--tile", type=int, default=256, help="tile side (default 256)")
+    parser.add_argument("--bands", type=int, default=4, help="bands per tile (default 4)")
+    parser.add_argument("--size", type=int, default=224, help="view side (default 224)")
+    parser.add_argument("--patch-num", type=int, default=4)
+    parser.add_argument("--patch-size", type=int, default=48)
+    parser.add_argument("--device", default="cpu", help="device for ours: cpu, cuda, cuda:1 ...")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads for ours (default: torch's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=None, metavar="PATH", help="also write the figures as JSON")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _reference_batch(tiles: np.ndarray, rng, rnd, args, times: dict[str, float]) -> dict[str, torch.Tensor]:
+    samples = [reference_sample(t, rng, rnd, args.size, args.patch_size, args.patch_num, times) for t in tiles]
+    return {k: torch.from_numpy(np.stack([s[k] for s in samples])) for k in samples[0]}  # default collate
+
+
+def _our_batch(tiles: np.ndarray, gen: ViewGenerator, g: torch.Generator, args, device: torch.device) -> float:
+    """Views and patches of one batch; returns the seconds spent converting uint8 -> float."""
+    t0 = time.perf_counter()
+    x = torch.from_numpy(tiles).to(device).permute(0, 3, 1, 2).mul(1 / 255)  # [B, C, H, W] float, one pass
+    _sync(device)
+    t1 = time.perf_counter()
+    views = gen(x, g)
+    sample_patches(views, args.patch_num, args.patch_size, g)
+    _sync(device)
+    return t1 - t0
+
+
+def main(args: argparse.Namespace) -> int:
+    if min(args.batch, args.batches, args.tile, args.bands, args.size) < 1 or args.warmup < 0:
+        raise GlcnetError("benchmark views: --batch, --batches, --tile, --bands, --size must be >= 1")
+    if args.size > args.tile:
+        raise GlcnetError(f"benchmark views: --size {args.size} is larger than --tile {args.tile}")
+    try:
+        device = torch.device(args.device)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as e:
+        raise GlcnetError(f"benchmark views: device {args.device!r} is not usable ({e})") from None
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(args.seed)
+    rnd = random.Random(args.seed)
+    g = torch.Generator().manual_seed(args.seed)
+    gen = ViewGenerator(ViewConfig(size=args.size, rgb_bands=(0, 1, 2) if args.bands >= 3 else None))
+    n = args.warmup + args.batches
+    load_start = os.getloadavg()[0]
+    ref_t, our_t, conv_t, times = [], [], [], {}  # (wall, process CPU) ms per sample
+    for i in range(n):
+        tiles = rng.integers(0, 256, (args.batch, args.tile, args.tile, args.bands), dtype=np.uint8)
+        t0, c0 = time.perf_counter(), time.process_time()
+        _reference_batch(tiles, rng, rnd, args, times if i >= args.warmup else {})
+        t1, c1 = time.perf_counter(), time.process_time()
+        _sync(device)
+        t2, c2 = time.perf_counter(), time.process_time()
+        convert = _our_batch(tiles, gen, g, args, device)
+        t3, c3 = time.perf_counter(), time.process_time()
+        if i >= args.warmup:
+            ref_t.append(((t1 - t0) / args.batch * 1e3, (c1 - c0) / args.batch * 1e3))
+            our_t.append(((t3 - t2) / args.batch * 1e3, (c3 - c2) / args.batch * 1e3))
+            conv_t.append(convert / args.batch * 1e3)
+    ref, ours = statistics.median(r for r, _ in ref_t), statistics.median(r for r, _ in our_t)
+    ref_cpu, ours_cpu = statistics.median(c for _, c in ref_t), statistics.median(c for _, c in our_t)
+    total = args.batch * args.batches
+    result = {
+        "batch": args.batch, "batches": args.batches, "tile": args.tile, "bands": args.bands,
+        "size": args.size, "patch_num": args.patch_num, "patch_size": args.patch_size,
+        "device": str(device), "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "load_avg_start": round(load_start, 2), "load_avg_end": round(os.getloadavg()[0], 2),
+        "reference_ms_per_sample": round(ref, 3),
+        "reference_transform_ms_per_sample": round(times["transform"] / total * 1e3, 3),
+        "reference_patch_search_ms_per_sample": round(times["patches"] / total * 1e3, 3),
+        "ours_ms_per_sample": round(ours, 4),
+        "ours_uint8_to_float_ms_per_sample": round(statistics.median(conv_t), 4),
+        "speedup": round(ref / ours, 1),
+        "reference_cpu_ms_per_sample": round(ref_cpu, 3),
+        "ours_cpu_ms_per_sample": round(ours_cpu, 4),
+        "speedup_cpu_time": round(ref_cpu / max(ours_cpu, 1e-9), 1),
+    }
+    print(f"views benchmark: batch {args.batch}, {args.tile}x{args.tile}x{args.bands} uint8 tiles -> "
+          f"2 views {args.size}x{args.size} + {args.patch_num} patches of {args.patch_size}; "
+          f"median of {args.batches} batches; torch threads {result['torch_threads']}, "
+          f"load average {result['load_avg_start']} -> {result['load_avg_end']}")
+    print(f"reference (per sample, PIL/NumPy + index map + patch search): {ref:8.3f} ms/sample "
+          f"(transform {result['reference_transform_ms_per_sample']:.3f}, "
+          f"patch search {result['reference_patch_search_ms_per_sample']:.3f}); "
+          f"process CPU time {ref_cpu:.3f} ms/sample")
+    print(f"ours (batched, {device}):{'':31}{ours:8.3f} ms/sample (uint8->float "
+          f"{result['ours_uint8_to_float_ms_per_sample']:.3f}); process CPU time {ours_cpu:.3f} ms/sample")
+    print(f"speed-up: {ref / ours:.1f}x wall clock, {result['speedup_cpu_time']:.1f}x process CPU time")
+    if args.json:
+        write_json(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":  # same as `glcnet benchmark views ...`
+    import sys
+
+    from glcnet.cli import main as cli_main
+
+    sys.exit(cli_main(["benchmark", "views", *sys.argv[1:]]))

@@ -1,0 +1,362 @@
+"""Two-view generation: correspondence against brute-force index maps, patch properties,
+photometric maths, DataLoader use, and the benchmark's plumbing (never its timings)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from glcnet.config import ViewConfig
+from glcnet.data.views import (LUMA, ViewCollate, ViewGenerator, Views, color_matrices, gaussian_blur,
+                               map_points, render, sample_patches)
+from glcnet.errors import GlcnetError
+
+NO_PHOTO = dict(p_jitter=0.0, p_gray=0.0, p_blur=0.0)
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def all_combos(views: Views) -> Views:
+    """Give the 16 samples every hflip x vflip x rot combination."""
+    i = torch.arange(16, device=views.box1.device)
+    return dataclasses.replace(views, hflip=i % 2 == 1, vflip=(i // 2) % 2 == 1, rot=i // 4)
+
+
+def naive_index_view(height: int, width: int, box, size: int, hflip=False, vflip=False, rot=0) -> np.ndarray:
+    """Brute force, straight from the definitions: pixel (i, j) of the resized crop shows
+    source pixel floor(y0 + (i + .5) h / s), floor(x0 + (j + .5) w / s); then np.flip and
+    torch.rot90. Value = source index row * W + col."""
+    x0, y0, x1, y1 = [float(v) for v in box]
+    c = np.floor(x0 + (np.arange(size) + 0.5) * (x1 - x0) / size).clip(0, width - 1).astype(np.int64)
+    r = np.floor(y0 + (np.arange(size) + 0.5) * (y1 - y0) / size).clip(0, height - 1).astype(np.int64)
+    v = r[:, None] * width + c[None, :]
+    if hflip:
+        v = v[:, ::-1]
+    if vflip:
+        v = v[::-1, :]
+    return torch.rot90(torch.from_numpy(v.copy()), int(rot), dims=(-2, -1)).numpy()
+
+
+def make_views(b=16, height=40, width=48, size=64, seed=0, device="cpu", **cfg) -> tuple[Views, torch.Tensor]:
+    """Views of an index image; crops with a wide ratio range so most are far from square."""
+    cfg = {"size": size, "ratio": (0.5, 2.0), "rgb_bands": None, **NO_PHOTO, **cfg}
+    index = torch.arange(height * width, dtype=torch.float32).reshape(1, 1, height, width)
+    images = index.expand(b, 1, height, width).contiguous().to(device)
+    g = torch.Generator().manual_seed(seed)
+    return ViewGenerator(ViewConfig(**cfg))(images, g), images
+
+
+# ----------------------------------------------------------------------------- geometry
+def test_render_of_whole_tile_is_bilinear_resize():
+    x = torch.rand(2, 3, 30, 42)
+    box = torch.tensor([[0.0, 0, 42, 30]] * 2)
+    ref = F.interpolate(x, size=(24, 24), mode="bilinear", align_corners=False)
+    assert torch.allclose(render(x, box, 24), ref, atol=1e-5)
+
+
+def test_flips_and_rotation_folded_into_the_grid():
+    x = torch.rand(16, 2, 40, 48)
+    views, _ = make_views()
+    views = all_combos(views)
+    box = views.box2.clone()
+    plain = render(x, box, 20)
+    got = render(x, box, 20, views.hflip, views.vflip, views.rot)  # one batched call
+    for b in range(16):
+        want = plain[b]
+        if views.hflip[b]:
+            want = want.flip(-1)
+        if views.vflip[b]:
+            want = want.flip(-2)
+        want = torch.rot90(want, int(views.rot[b]), dims=(-2, -1))
+        assert torch.allclose(got[b], want, atol=1e-5), b
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_correspondence_against_brute_force_index_maps(device):
+    height, width, s = 40, 48, 64  # upsampling: w/s < 1, so nearest rounding moves < 1 source px
+    views, index = make_views(height=height, width=width, size=s, device=device)
+    views = all_combos(views)
+    box1, box2 = views.box1.cpu(), views.box2.cpu()
+    aspect = (box1[:, 2] - box1[:, 0]) / (box1[:, 3] - box1[:, 1])
+    assert ((aspect - 1).abs() > 0.05).sum() >= 12  # non-square crops
+    v1 = np.stack([naive_index_view(height, width, box1[b], s) for b in range(16)])
+    v2 = np.stack([naive_index_view(height, width, box2[b], s, bool(views.hflip[b]), bool(views.vflip[b]),
+                                    int(views.rot[b])) for b in range(16)])
+    # our batched grid renders the same index maps (ties at exact pixel borders aside)
+    r1 = render(index, views.box1, s, mode="nearest")[:, 0].cpu().numpy()
+    r2 = render(index, views.box2, s, views.hflip, views.vflip, views.rot, mode="nearest")[:, 0].cpu().numpy()
+    assert (r1 == v1).mean() > 0.999 and (r2 == v2).mean() > 0.999
+
+    # patch centres and inner corners, plus random points of the overlap: analytic map vs index maps
+    b1, _, valid = sample_patches(views, 4, 10, torch.Generator().manual_seed(1))
+    assert valid.any(1).all()
+    b1 = b1.cpu()
+    ctr = (b1[..., :2] + b1[..., 2:]) / 2
+    pts = torch.cat([ctr, b1[..., :2] + 0.25, b1[..., 2:] - 0.25], 1)  # [B, 12, 2]
+    ok = torch.cat([valid.cpu()] * 3, 1)
+    q = map_points(views, pts.to(device)).cpu()
+    assert ((q >= 0) & (q <= s)).all(-1)[ok].all()
+
+    def src(view: np.ndarray, p: torch.Tensor) -> np.ndarray:  # (row, col) of the source pixel shown at p
+        ij = p.floor().long().clamp(0, s - 1).numpy()
+        v = view[np.arange(16)[:, None], ij[..., 1], ij[..., 0]]
+        return np.stack([v // width, v % width], -1)
+
+    d = np.abs(src(v1, pts) - src(v2, q))[ok.numpy()]
+    assert d.max() <= 1, d.max()
+    # the test has teeth: a map that ignores the rotation fails it
+    wrong = map_points(dataclasses.replace(views, rot=(views.rot + 1) % 4), pts.to(device)).cpu()
+    d_wrong = np.abs(src(v1, pts) - src(v2, wrong.clamp(0, s - 1e-3)))[ok.numpy()]
+    assert d_wrong.max() > 3
+
+
+# ----------------------------------------------------------------------------- patches
+def to_source(box: torch.Tensor, pts: torch.Tensor, s: int) -> torch.Tensor:
+    """View (unflipped) coords -> source coords: x0 + u w / s, written out independently."""
+    wh = (box[:, 2:] - box[:, :2])[:, None] / s
+    return box[:, None, :2] + pts * wh
+
+
+@pytest.mark.parametrize("patch_num,patch_size", [(4, 12), (9, 8), (3, 20)])
+def test_patches_inside_both_views_and_the_overlap_and_disjoint(patch_num, patch_size):
+    s = 48
+    views, _ = make_views(b=64, height=64, width=64, size=s, seed=3, scale=(0.3, 1.0), ratio=(0.75, 1.33))
+    b1, b2, valid = sample_patches(views, patch_num, patch_size, torch.Generator().manual_seed(0))
+    assert b1.shape == b2.shape == (64, patch_num, 4) and valid.shape == (64, patch_num)
+    eps = 1e-3
+    side = b1[..., 2] - b1[..., 0]
+    assert torch.allclose(side, b1[..., 3] - b1[..., 1], atol=1e-4)  # squares in view 1
+    assert (side[valid] <= patch_size + 1e-4).all() and (side[valid] >= patch_size / 2 - 1e-4).all()
+    for bx in (b1, b2):
+        assert ((bx[valid] >= -eps) & (bx[valid] <= s + eps)).all()
+    # view-1 patches lie inside the source overlap box1 n box2
+    lo = torch.maximum(views.box1[:, :2], views.box2[:, :2])[:, None]
+    hi = torch.minimum(views.box1[:, 2:], views.box2[:, 2:])[:, None]
+    src_lo, src_hi = to_source(views.box1, b1[..., :2], s), to_source(views.box1, b1[..., 2:], s)
+    inside = ((src_lo >= lo - eps) & (src_hi <= hi + eps)).all(-1)
+    assert inside[valid].all()
+    # boxes2 is the exact image of boxes1
+    corners = map_points(views, b1.reshape(64, -1, 2)).reshape(64, patch_num, 2, 2)
+    want = torch.cat([corners.amin(2), corners.amax(2)], -1)
+    assert torch.allclose(b2[valid], want[valid].clamp(0, s), atol=1e-3)
+    # pairwise disjoint (touching allowed)
+    ix = (torch.minimum(b1[:, :, None, 2], b1[:, None, :, 2]) - torch.maximum(b1[:, :, None, 0], b1[:, None, :, 0])).clamp(min=0)
+    iy = (torch.minimum(b1[:, :, None, 3], b1[:, None, :, 3]) - torch.maximum(b1[:, :, None, 1], b1[:, None, :, 1])).clamp(min=0)
+    both = valid[:, :, None] & valid[:, None, :] & ~torch.eye(patch_num, dtype=torch.bool)
+    assert (ix * iy)[both].max() < 1e-3
+    # where the overlap easily holds them, all patches are placed
+    ext = ((hi - lo)[:, 0] * s / (views.box1[:, 2:] - views.box1[:, :2])).min(1).values
+    big = ext >= math.ceil(math.sqrt(patch_num)) * patch_size + 1
+    assert big.sum() > 5 and valid[big].all()
+
+
+def manual_views(box1, box2, s=48, b=None) -> Views:
+    box1, box2 = torch.tensor(box1, dtype=torch.float32), torch.tensor(box2, dtype=torch.float32)
+    n = box1.shape[0]
+    z = torch.zeros(n, 1, s, s)
+    return Views(z, z, box1, box2, torch.zeros(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool),
+                 torch.ones(n, dtype=torch.long), s)
+
+
+def test_patches_degrade_gracefully():
+    # views of side 48 over 48x48 crops (1 source px = 1 view px)
+    views = manual_views([[0, 0, 48, 48]] * 5,
+                         [[100, 100, 148, 148],  # disjoint: nothing
+                          [40, 0, 88, 48],  # 8 px wide strip: thinner than min_size 6? no: side 8 -> 6 patches max
+                          [24, 0, 72, 48],  # 24 x 48 overlap: 2 x 4 cells of 12
+                          [24, 24, 72, 72],  # 24 x 24: exactly a 2 x 2 grid of 12
+                          [45, 0, 93, 48]])  # 3 px strip: below min_size -> nothing
+    b1, b2, valid = sample_patches(views, 4, 12, torch.Generator().manual_seed(0))
+    assert valid.sum(1).tolist() == [0, 4, 4, 4, 0]
+    assert (b1[~valid] == 0).all() and (b2[~valid] == 0).all()
+    side = b1[..., 2] - b1[..., 0]
+    assert torch.allclose(side[1][valid[1]], torch.tensor(8.0)) and torch.allclose(side[3], torch.tensor(12.0))
+    # more patches than fit: fewer, never a hang or a crash
+    b1, _, valid = sample_patches(views, 20, 12, torch.Generator().manual_seed(0))
+    assert valid.sum(1).tolist() == [0, 6, 8, 4, 0]
+
+
+def test_patches_reproducible_per_seed():
+    views, _ = make_views(b=8, seed=5)
+    a = sample_patches(views, 4, 10, torch.Generator().manual_seed(7))
+    b = sample_patches(views, 4, 10, torch.Generator().manual_seed(7))
+    c = sample_patches(views, 4, 10, torch.Generator().manual_seed(8))
+    assert all(torch.equal(x, y) for x, y in zip(a, b)) and not torch.equal(a[0], c[0])
+    with pytest.raises(GlcnetError):
+        sample_patches(views, 0, 10)
+
+
+# ----------------------------------------------------------------------------- photometric
+def test_view1_untouched_and_view2_purely_geometric_without_photometric():
+    x = torch.rand(6, 5, 50, 60)
+    gen = ViewGenerator(ViewConfig(size=32, **NO_PHOTO))
+    v = gen(x, torch.Generator().manual_seed(0))
+    assert torch.equal(v.view1, render(x, v.box1, 32))
+    assert torch.equal(v.view2, render(x, v.box2, 32, v.hflip, v.vflip, v.rot))
+
+
+def test_contrast_keeps_band_means_and_blur_smooths_every_sample():
+    x = 0.3 + 0.4 * torch.rand(6, 4, 40, 40)  # contrast <= 1.4 cannot clip these
+    cfg = ViewConfig(size=32, p_jitter=1.0, p_gray=0.0, p_blur=0.0, brightness=0.0, contrast=0.4,
+                     saturation=0.0, hue=0.0, rgb_bands=None)
+    v = ViewGenerator(cfg)(x, torch.Generator().manual_seed(0))
+    geo = render(x, v.box2, 32, v.hflip, v.vflip, v.rot)
+    assert torch.allclose(v.view2.mean((2, 3)), geo.mean((2, 3)), atol=1e-5)
+    ratio = v.view2.std((2, 3)) / geo.std((2, 3))  # = the per-band contrast factor
+    assert (ratio >= 0.6 - 1e-4).all() and (ratio <= 1.4 + 1e-4).all() and ratio.std() > 0.01
+
+    cfg = ViewConfig(size=32, p_jitter=0.0, p_gray=0.0, p_blur=1.0, blur_sigma=(1.0, 2.0))
+    v = ViewGenerator(cfg)(x, torch.Generator().manual_seed(0))
+    geo = render(x, v.box2, 32, v.hflip, v.vflip, v.rot)
+
+    def tv(y: torch.Tensor) -> torch.Tensor:
+        return (y.diff(dim=-1).abs().mean((1, 2, 3)) + y.diff(dim=-2).abs().mean((1, 2, 3)))
+
+    assert (tv(v.view2) < 0.7 * tv(geo)).all()
+    assert torch.allclose(v.view2.mean((1, 2, 3)), geo.mean((1, 2, 3)), atol=2e-2)
+
+
+def test_photometric_values_in_range_for_any_band_count():
+    for c, rgb in [(1, None), (4, (0, 1, 2)), (6, (2, 1, 0))]:
+        cfg = ViewConfig(size=24, p_jitter=1.0, p_gray=0.5, p_blur=0.5, brightness=0.9, contrast=0.9,
+                         saturation=0.9, hue=0.5, rgb_bands=rgb)
+        x = torch.rand(8, c, 32, 32)
+        v = ViewGenerator(cfg)(x, torch.Generator().manual_seed(c))
+        assert v.view2.shape == (8, c, 24, 24) and v.view2.min() >= 0 and v.view2.max() <= 1
+        assert not torch.allclose(v.view2, render(x, v.box2, 24, v.hflip, v.vflip, v.rot))
+
+
+def test_grayscale_only_touches_rgb_bands():
+    x = torch.rand(4, 5, 32, 32)
+    v = ViewGenerator(ViewConfig(size=16, p_jitter=0.0, p_gray=1.0, p_blur=0.0, rgb_bands=(0, 2, 4)))(x)
+    geo = render(x, v.box2, 16, v.hflip, v.vflip, v.rot)
+    luma = sum(w * geo[:, i] for w, i in zip(LUMA, (0, 2, 4)))
+    for i in (0, 2, 4):
+        assert torch.allclose(v.view2[:, i], luma, atol=1e-5)
+    assert torch.equal(v.view2[:, [1, 3]], geo[:, [1, 3]])
+
+
+def test_color_matrices_maths():
+    b = 5
+    hue = torch.tensor([0.0, 0.1, -0.3, 0.5, 0.25])
+    one = torch.ones(b)
+    on, off = torch.ones(b, dtype=torch.bool), torch.zeros(b, dtype=torch.bool)
+    # hue rotation preserves luma and chroma magnitude (saturation 1)
+    a, k = color_matrices(3, (0, 1, 2), on, off, torch.ones(b, 3), torch.ones(b, 3), one, hue)
+    assert torch.allclose(a[0], torch.eye(3), atol=1e-6) and torch.allclose(k, torch.zeros_like(k))
+    luma = torch.tensor(LUMA)
+    assert torch.allclose(luma @ a, luma.expand(b, 3), atol=1e-5)
+    # saturation 0 -> every RGB band becomes the luma; non-RGB band untouched
+    a, _ = color_matrices(4, (0, 1, 2), on, off, torch.ones(b, 4), torch.ones(b, 4), 0 * one, hue)
+    assert torch.allclose(a[:, :3, :3], luma.expand(b, 3, 3), atol=1e-5)
+    assert torch.equal(a[:, 3], torch.tensor([0.0, 0, 0, 1]).expand(b, 4))
+    # brightness b and contrast c per band: x -> c b x + (1 - c) b m
+    bright, contrast = torch.rand(b, 2) + 0.5, torch.rand(b, 2) + 0.5
+    a, k = color_matrices(2, None, on, off, bright, contrast, one, hue)
+    assert torch.allclose(a, torch.diag_embed(bright * contrast)) and torch.allclose(k, torch.diag_embed((1 - contrast) * bright))
+    # not selected -> exact identity
+    a, k = color_matrices(4, (0, 1, 2), off, off, bright.repeat(1, 2), contrast.repeat(1, 2), 0 * one, hue)
+    assert torch.equal(a, torch.eye(4).expand(b, 4, 4)) and torch.equal(k, torch.zeros(b, 4, 4))
+
+
+def test_gaussian_blur_per_sample_sigma():
+    x = torch.zeros(3, 2, 31, 31)
+    x[:, :, 15, 15] = 1
+    sigma = torch.tensor([0.5, 1.0, 2.0])
+    y = gaussian_blur(x, sigma)
+    for i, sg in enumerate(sigma.tolist()):
+        r = math.ceil(3 * 2.0)
+        t = torch.arange(-r, r + 1.0)
+        k1 = torch.exp(-t ** 2 / (2 * sg ** 2))
+        k1 = k1 / k1.sum()
+        assert torch.allclose(y[i, 0, 15, 15], k1[r] ** 2, atol=1e-6)
+        assert torch.allclose(y[i, 1, 15 - r:16 + r, 15 - r:16 + r], torch.outer(k1, k1), atol=1e-6)
+    flat = gaussian_blur(torch.full((2, 1, 20, 20), 0.3), torch.tensor([0.3, 2.0]))
+    assert torch.allclose(flat, torch.full_like(flat, 0.3), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- generator
+def test_generator_reproducible_and_bad_input():
+    x = torch.rand(8, 4, 40, 40)
+    gen = ViewGenerator(ViewConfig(size=24))
+    a, b = gen(x, torch.Generator().manual_seed(0)), gen(x, torch.Generator().manual_seed(0))
+    c = gen(x, torch.Generator().manual_seed(1))
+    assert all(torch.equal(getattr(a, f), getattr(b, f)) for f in ("view1", "view2", "box1", "rot"))
+    assert not torch.equal(a.box1, c.box1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # chunking applies on one thread
+    try:
+        chunked = ViewGenerator(ViewConfig(size=24, cpu_chunk=3))(x, torch.Generator().manual_seed(0))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.allclose(chunked.view1, a.view1, atol=1e-6) and torch.allclose(chunked.view2, a.view2, atol=1e-6)
+    with pytest.raises(GlcnetError, match="float batch"):
+        gen((x * 255).to(torch.uint8))
+    with pytest.raises(GlcnetError, match="rgb_bands"):
+        gen(torch.rand(2, 2, 40, 40))
+    with pytest.raises(GlcnetError, match="views.scale"):
+        ViewGenerator(ViewConfig(scale=(0.5, 1.5)))
+    with pytest.raises(GlcnetError, match="views.p_blur"):
+        ViewGenerator(ViewConfig(p_blur=2.0))
+
+
+def test_dataloader_workers_reproducible():
+    data = [{"image": torch.rand(4, 40, 40)} for _ in range(6)]
+    cfg = ViewConfig(size=24)
+
+    def run() -> list[Views]:
+        torch.manual_seed(0)
+        loader = torch.utils.data.DataLoader(data, batch_size=3, num_workers=1, collate_fn=ViewCollate(cfg))
+        return list(loader)
+
+    a, b = run(), run()
+    assert len(a) == 2 and isinstance(a[0], Views) and a[0].view2.shape == (3, 4, 24, 24)
+    assert all(torch.equal(x.view2, y.view2) and torch.equal(x.box2, y.box2) for x, y in zip(a, b))
+    moved = a[0].to("cpu")
+    assert moved.size == 24 and torch.equal(moved.rot, a[0].rot)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_same_seed_same_views_on_gpu():
+    x = torch.rand(8, 4, 64, 64)
+    gen = ViewGenerator(ViewConfig(size=48))
+    a = gen(x, torch.Generator().manual_seed(0))
+    b = gen(x.cuda(), torch.Generator().manual_seed(0))
+    assert b.view2.is_cuda and torch.equal(a.box2, b.box2.cpu()) and torch.equal(a.rot, b.rot.cpu())
+    assert torch.allclose(a.view2, b.view2.cpu(), atol=1e-4)
+    pa = sample_patches(a, 4, 12, torch.Generator().manual_seed(0))
+    pb = sample_patches(b, 4, 12, torch.Generator().manual_seed(0))
+    assert torch.equal(pa[2], pb[2].cpu()) and torch.allclose(pa[1], pb[1].cpu(), atol=1e-3)
+
+
+# ----------------------------------------------------------------------------- benchmark plumbing
+def test_benchmark_cli_runs_tiny(tmp_path, cli):
+    out = tmp_path / "views.json"
+    p = cli("benchmark", "views", "--batch", "2", "--batches", "1", "--warmup", "0", "--tile", "64",
+            "--size", "48", "--patch-size", "8", "--json", out)
+    res = json.loads(out.read_text())
+    assert res["reference_ms_per_sample"] > 0 and res["ours_ms_per_sample"] > 0 and res["batch"] == 2
+    assert abs(res["speedup"] - res["reference_ms_per_sample"] / res["ours_ms_per_sample"]) < 0.1 * res["speedup"] + 0.1
+    assert "speed-up" in p.stdout
+    bad = cli("benchmark", "views", "--size", "512", check=False)
+    assert bad.returncode == 2 and "error: benchmark views: --size 512" in bad.stderr
+
+
+def test_reference_baseline_finds_matching_centres():
+    """The benchmark's baseline does what the reference does: centres with equal source index."""
+    import random
+
+    from glcnet.benchmarks.reference_views import get_index, join_transform
+
+    rng = np.random.default_rng(0)
+    tile = rng.integers(0, 256, (64, 64, 4), dtype=np.uint8)
+    index = np.arange(64 * 64, dtype=np.int32).reshape(64, 64)
+    img1, img2, lbl1, lbl2 = join_transform(tile, index, 48, rng)
+    assert img1.shape == img2.shape == (48, 48, 4) and lbl1.shape == lbl2.shape == (48, 48)
+    idx = get_index(lbl1.astype(np.float32), lbl2.astype(np.float32), 8, 4, random.Random(0)).astype(int)
+    assert (lbl1[idx[:, 0], idx[:, 1]] == lbl2[idx[:, 2], idx[:, 3]]).all()
