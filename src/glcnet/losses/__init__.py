@@ -1,0 +1,11 @@
+"""Loss modules of the pretraining methods (each docstring states its formula)."""
+
+from glcnet.losses.collapse import embedding_std
+from glcnet.losses.local import LocalMatchingLoss, pool_patches
+from glcnet.losses.masked_mse import MaskedMSELoss
+from glcnet.losses.moco import MoCoInfoNCE
+from glcnet.losses.ntxent import NTXentLoss
+from glcnet.losses.style import style_vector
+
+__all__ = ["embedding_std", "LocalMatchingLoss", "MaskedMSELoss", "MoCoInfoNCE", "NTXentLoss", "pool_patches",
+           "style_vector"]
