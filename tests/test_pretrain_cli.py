@@ -39,21 +39,23 @@ def epoch_means(run: Path, key: str) -> list[float]:
     return [r[f"train/{key}_epoch"] for r in recs if f"train/{key}_epoch" in r]
 
 
-@pytest.mark.parametrize("method,extra", [
-    ("glcnet", []),
-    ("simclr", []),
-    ("mocov2", ["method.queue_size=16"]),
-    ("inpainting", []),
-    ("jigsaw", ["method.jigsaw_permutations=4"]),
+@pytest.mark.parametrize("method,extra,skip", [
+    ("glcnet", [], 0),
+    ("simclr", [], 0),
+    # the queue starts as random unit vectors (an easy task) and is full of real keys after
+    # one epoch (2 steps of 8): compare from there; faster momentum for a 12-step run
+    ("mocov2", ["method.queue_size=16", "method.momentum=0.9"], 1),
+    ("inpainting", [], 0),
+    ("jigsaw", ["method.jigsaw_permutations=4"], 0),
 ])
-def test_method_learns_without_collapse(potsdam, tmp_path, method, extra):
+def test_method_learns_without_collapse(potsdam, tmp_path, method, extra, skip):
     out = tmp_path / method
     rc = cli_main(["pretrain", "--config", "pretrain_cpu", "--data", str(potsdam), "--out", str(out),
                    "--method", method, "optim.epochs=6", *SMALL, *extra])
     assert rc == 0
     loss = epoch_means(out, "loss")
     assert len(loss) == 6
-    assert sum(loss[-2:]) / 2 < loss[0], f"{method}: loss did not go down: {loss}"
+    assert sum(loss[-2:]) / 2 < loss[skip], f"{method}: loss did not go down: {loss}"
     std = epoch_means(out, "emb_std")
     assert std[-1] > 0.02, f"{method}: embeddings collapsed (std {std})"
     ckpt = torch.load(out / "pretrained.pt", weights_only=True)
