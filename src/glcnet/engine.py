@@ -122,17 +122,20 @@ def build_trainer(
     ``early_stop`` > 0 stops after that many validations without improvement.
     """
     ckpt_dir = run.path / "checkpoints"
-    cbs: list[Callback] = [
+    cbs: list[Callback] = []
+    if monitor:
+        # before "last": last.ckpt must hold the best score *including* this epoch, or a
+        # resumed run would let a worse epoch replace best.ckpt
+        cbs.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode,
+                                   save_top_k=1, enable_version_counter=False, auto_insert_metric_name=False))
+        if early_stop > 0:
+            cbs.append(EarlyStopping(monitor=monitor, mode=mode, patience=early_stop))
+    cbs += [
         # monitor=None + save_top_k=1: keep only the latest, under the fixed name last.ckpt
         ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False,
                         every_n_epochs=max(1, tcfg.checkpoint_every)),
         RngState(),
     ]
-    if monitor:
-        cbs.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode,
-                                   save_top_k=1, enable_version_counter=False, auto_insert_metric_name=False))
-        if early_stop > 0:
-            cbs.append(EarlyStopping(monitor=monitor, mode=mode, patience=early_stop))
     cbs.append(LearningRateMonitor(logging_interval="step"))
     cbs.extend(callbacks)
     limit = tcfg.limit_batches

@@ -55,8 +55,12 @@ def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.divide(a, b, out=np.zeros_like(a, dtype=np.float64), where=b > 0)
 
 
-def compute_metrics(cm: torch.Tensor | np.ndarray, classes: Sequence[str] | None = None) -> dict[str, Any]:
+def compute_metrics(cm: torch.Tensor | np.ndarray, classes: Sequence[str] | None = None,
+                    exclude: Sequence[int] = ()) -> dict[str, Any]:
     """All metrics of one pooled confusion matrix ``[K, K]`` (rows = truth), see module doc.
+
+    ``exclude``: class indices left out of the means (their per-class values are still
+    reported), e.g. clutter under the ISPRS convention.
 
     Returns ``oa``, ``kappa``, ``miou``, ``mean_f1``, ``mean_precision``, ``mean_recall``,
     ``pixels``, ``per_class`` (name -> ``iou``, ``precision``, ``recall``, ``f1``, ``support``)
@@ -72,6 +76,7 @@ def compute_metrics(cm: torch.Tensor | np.ndarray, classes: Sequence[str] | None
     rows, cols = cm.sum(1), cm.sum(0)  # truth / prediction counts per class
     fp, fn = cols - tp, rows - tp
     present = (rows + cols) > 0
+    counted = present & ~np.isin(np.arange(k), list(exclude))  # classes in the means
     nan = float("nan")
 
     def per(values: np.ndarray) -> np.ndarray:
@@ -86,7 +91,7 @@ def compute_metrics(cm: torch.Tensor | np.ndarray, classes: Sequence[str] | None
     kappa = (oa - pe) / (1 - pe) if n > 0 and pe < 1 else nan
 
     def mean(values: np.ndarray) -> float:
-        return float(np.nanmean(values)) if present.any() else nan
+        return float(values[counted].mean()) if counted.any() else nan
 
     return {
         "oa": oa,
@@ -96,6 +101,7 @@ def compute_metrics(cm: torch.Tensor | np.ndarray, classes: Sequence[str] | None
         "mean_precision": mean(precision),
         "mean_recall": mean(recall),
         "pixels": int(n),
+        "excluded_from_means": [names[c] for c in exclude],
         "per_class": {
             name: {"iou": float(iou[c]), "precision": float(precision[c]), "recall": float(recall[c]),
                    "f1": float(f1[c]), "support": int(rows[c])}

@@ -1,0 +1,119 @@
+"""``glcnet evaluate --ckpt model.pt --split test``: whole-scene metrics and a report folder.
+
+Every scene of the split is predicted whole with the blended sliding window
+(:mod:`glcnet.finetune.sliding`); one confusion matrix is pooled over all its labelled
+pixels (ignore index excluded) and turned into OA, Kappa, per-class IoU/P/R/F1, mIoU and
+mean F1 (:mod:`glcnet.finetune.metrics`). Where the data set has ISPRS evaluation masks
+(eroded boundaries and clutter set to ignore) and ``eval.isprs`` is on, the same metrics on
+those labels are added under ``isprs``, with the classes absent from them (clutter) left
+out of the means. Report folder (written atomically): see :mod:`glcnet.finetune.report`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from glcnet.config import EvalConfig, to_dict
+from glcnet.errors import GlcnetError
+from glcnet.finetune.metrics import compute_metrics, confusion_matrix
+from glcnet.finetune.predict import inference_fn, resolve_device
+from glcnet.finetune.report import save_png, scene_panel, write_report
+from glcnet.finetune.sliding import BLENDS, check_window, sliding_classes
+from glcnet.finetune.weights import load_model
+from glcnet.utils.atomic import atomic_dir
+
+
+def _check_match(ckpt: dict[str, Any], ds: Any, path: Path) -> None:
+    if list(ckpt["classes"]) != ds.classes:
+        raise GlcnetError(f"{path}: model classes {ckpt['classes']} differ from the data set's {ds.classes}")
+    if ckpt["in_channels"] != ds.in_channels:
+        raise GlcnetError(f"{path}: model expects {ckpt['in_channels']} bands, the data set has {ds.in_channels}")
+
+
+def run(ckpt: str | Path, data: str | Path | None = None, split: str = "test", cfg: EvalConfig | None = None,
+        out: str | Path | None = None, device: str = "auto", progress: bool = True) -> dict[str, Any]:
+    """Evaluate ``ckpt`` (model.pt) on the ``split`` scenes of ``data``; write the report when ``out``.
+
+    ``data`` defaults to the data set the model was fine-tuned on. Returns the metrics dict
+    (``oa``, ``kappa``, ``miou``, ``mean_f1``, ``per_class``, ``confusion``, ``scenes``, [``isprs``]).
+    """
+    from glcnet.data.prepared import PreparedDataset, SceneDataset
+
+    cfg = cfg or EvalConfig()
+    check_window(cfg.window, cfg.stride)
+    model, meta = load_model(ckpt)
+    data = data or meta.get("data")
+    if not data:
+        raise GlcnetError(f"{ckpt}: no data set recorded in the checkpoint; pass --data")
+    ds = PreparedDataset(data)
+    _check_match(meta, ds, Path(ckpt))
+    scenes = SceneDataset(ds, split)
+    dev = resolve_device(device)
+    model_fn = inference_fn(model, dev)
+    k, classes = ds.num_classes, ds.classes
+    cm = torch.zeros(k, k, dtype=torch.int64)
+    cm_isprs = torch.zeros(k, k, dtype=torch.int64)
+    per_scene: dict[str, Any] = {}
+    has_isprs = False
+    with atomic_dir(out, overwrite=True) if out else contextlib.nullcontext() as folder:
+        for i in range(len(scenes)):
+            s = scenes[i]
+            if "mask" not in s:
+                raise GlcnetError(f"{ds.root}: scene {s['name']} in split {split!r} has no mask")
+            if progress:
+                print(f"[{i + 1}/{len(scenes)}] {s['name']} {tuple(s['image'].shape[1:])}", flush=True)
+            pred = sliding_classes(model_fn, s["image"], window=cfg.window, stride=cfg.stride,
+                                   batch_size=cfg.batch_size, blend=cfg.blend, tta=cfg.tta, device=dev).cpu()  # [H, W]
+            scene_cm = confusion_matrix(pred, s["mask"], k, ds.ignore_index)
+            cm += scene_cm
+            m = compute_metrics(scene_cm, classes)
+            per_scene[s["name"]] = {key: m[key] for key in ("oa", "kappa", "miou", "mean_f1", "pixels")}
+            if cfg.isprs and "eval_mask" in s:
+                has_isprs = True
+                cm_isprs += confusion_matrix(pred, s["eval_mask"], k, ds.ignore_index)
+            if folder is not None:
+                save_png(scene_panel(s["image"].numpy(), s["mask"].numpy(), pred.numpy(), meta["colors"], ds.bands),
+                         folder / f"{s['name']}.png")
+        metrics = {"split": split, "data": str(data), "checkpoint": str(ckpt), "eval": to_dict(cfg),
+                   **compute_metrics(cm, classes), "scenes": per_scene}
+        if has_isprs:
+            absent = [c for c in range(k) if int(cm_isprs[c].sum()) == 0]
+            metrics["isprs"] = compute_metrics(cm_isprs, classes, exclude=absent)
+        if folder is not None:
+            write_report(folder, metrics, classes)
+    return metrics
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    d = EvalConfig()
+    parser.add_argument("--ckpt", required=True, help="model.pt written by glcnet finetune")
+    parser.add_argument("--data", help="prepared data set (default: the one the model was fine-tuned on)")
+    parser.add_argument("--split", default="test", help="scenes to evaluate: test (default) or val")
+    parser.add_argument("--out", help="report folder (default: CKPT_DIR/eval_SPLIT)")
+    parser.add_argument("--window", type=int, default=d.window)
+    parser.add_argument("--stride", type=int, default=d.stride)
+    parser.add_argument("--blend", choices=BLENDS, default=d.blend)
+    parser.add_argument("--tta", action="store_true", help="average over horizontal/vertical flips")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--no-isprs", action="store_true", help="skip the ISPRS-convention metrics")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 ...")
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = EvalConfig(window=args.window, stride=args.stride, blend=args.blend, tta=args.tta,
+                     batch_size=args.batch_size, isprs=not args.no_isprs)
+    out = Path(args.out) if args.out else Path(args.ckpt).resolve().parent / f"eval_{args.split}"
+    m = run(args.ckpt, args.data, args.split, cfg, out, device=args.device)
+    print(f"{args.split}: OA {100 * m['oa']:.2f}  Kappa {100 * m['kappa']:.2f}  mIoU {100 * m['miou']:.2f}  "
+          f"mean F1 {100 * m['mean_f1']:.2f}  ({m['pixels']} px)")
+    if "isprs" in m:
+        i = m["isprs"]
+        print(f"ISPRS convention: OA {100 * i['oa']:.2f}  Kappa {100 * i['kappa']:.2f}  mIoU {100 * i['miou']:.2f}  "
+              f"mean F1 {100 * i['mean_f1']:.2f}")
+    print(f"report: {out}")
+    return 0

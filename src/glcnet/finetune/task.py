@@ -1,0 +1,61 @@
+"""Lightning module of fine-tuning: cross entropy on labelled tiles, whole-scene validation.
+
+Training minimises ``CE(logits, mask)`` with the data set's ignore index (255) and
+optional class weights. Validation runs the sliding window (:mod:`glcnet.finetune.sliding`)
+over each whole *validation* scene (never the test scenes) and pools one confusion
+matrix (torchmetrics, summed over DDP ranks); at the end of the pass it logs
+``val_miou``, ``val_kappa``, ``val_oa`` and ``val_mean_f1`` (:mod:`glcnet.finetune.metrics`).
+Model selection (``best.ckpt``) maximises ``val_miou``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from glcnet.config import EvalConfig, OptimConfig
+from glcnet.engine import configure_optim
+from glcnet.finetune.metrics import compute_metrics
+from glcnet.finetune.sliding import sliding_classes
+from glcnet.models import DeepLab
+
+MONITOR = "val_miou"
+
+
+class SegmentationTask(L.LightningModule):
+    def __init__(self, net: DeepLab, optim: OptimConfig, eval_cfg: EvalConfig, ignore_index: int = 255,
+                 class_weights: torch.Tensor | None = None):
+        super().__init__()
+        self.net, self.optim, self.eval_cfg, self.ignore_index = net, optim, eval_cfg, ignore_index
+        self.register_buffer("class_weights", class_weights, persistent=False)
+        self.val_cm = MulticlassConfusionMatrix(net.num_classes, ignore_index=ignore_index)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        logits = self.net.predict_logits(batch["image"])  # [B, K, h, w]
+        loss = F.cross_entropy(logits, batch["mask"], weight=self.class_weights, ignore_index=self.ignore_index)
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(logits))
+        return loss
+
+    def validation_step(self, scene: dict[str, Any], batch_idx: int) -> None:
+        e = self.eval_cfg
+        pred = sliding_classes(self.net.predict_logits, scene["image"], window=e.window, stride=e.stride,
+                               batch_size=e.batch_size, blend=e.blend, tta=e.tta, device=self.device)  # [H, W]
+        self.val_cm.update(pred, scene["mask"].to(self.device))
+
+    def on_validation_epoch_end(self) -> None:
+        m = compute_metrics(self.val_cm.compute())
+        self.val_cm.reset()
+        for key in ("miou", "kappa", "oa", "mean_f1"):
+            self.log(f"val_{key}", float(m[key]), prog_bar=key in ("miou", "kappa"), sync_dist=False)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        return configure_optim(self.net.parameters(), self.optim)
+
+
+def first(batch: list[Any]) -> Any:
+    """Collate of batch size 1 for whole scenes of different sizes."""
+    return batch[0]

@@ -1,0 +1,144 @@
+"""``glcnet finetune``: fine-tune DeepLabv3+ on a labelled fraction, select on the val scenes.
+
+``glcnet finetune --config FILE [--data DIR] [--out DIR] [--init CKPT|none] [--fraction F]
+[--load encoder|encoder+aspp|all] [--resume] [key=value ...]``
+
+Writes into the run directory (``out``)::
+
+    config.yaml, run.json, metrics.jsonl, logs/   (glcnet.runs): train_loss, val_miou/kappa/oa/mean_f1
+    init.json                                     weight-loading report (loaded / missing / skipped keys)
+    checkpoints/last.ckpt, checkpoints/best.ckpt  Lightning state (--resume), best = max val_miou
+    model.pt                                      best validation epoch (design.md format)
+    model_last.pt                                 last epoch
+
+If ``trainer.max_steps`` ends training before any validation pass (smoke runs), ``model.pt``
+holds the last weights and says so (``selected_on``), with a warning.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, RandomSampler
+
+from glcnet.config import FinetuneConfig, load_config
+from glcnet.engine import build_trainer, loader_workers, resume_ckpt, seed_everything
+from glcnet.errors import GlcnetError
+from glcnet.finetune.task import MONITOR, SegmentationTask, first
+from glcnet.finetune.weights import load_pretrained, model_checkpoint, summary
+from glcnet.models import DeepLab, build_model
+from glcnet.runs import RunDir
+from glcnet.utils.atomic import torch_save, write_json
+
+CLASS_WEIGHTS = ("none", "inverse", "sqrt-inverse")
+
+
+def class_weights(kind: str, counts: list[int] | None) -> torch.Tensor | None:
+    """``w_c = (N / (K n_c))^p`` with p = 1 (inverse) or 1/2 (sqrt-inverse); absent classes get 0."""
+    if kind == "none":
+        return None
+    if kind not in CLASS_WEIGHTS:
+        raise GlcnetError(f"class_weights: unknown {kind!r} (valid: {', '.join(CLASS_WEIGHTS)})")
+    if not counts:
+        raise GlcnetError("class_weights: the data set has no train class counts (dataset.json class_counts)")
+    n = torch.tensor(counts, dtype=torch.float64)
+    w = torch.where(n > 0, n.sum() / (len(n) * n.clamp(min=1)), torch.zeros_like(n))
+    return (w if kind == "inverse" else w.sqrt()).float()
+
+
+def _train_loader(cfg: FinetuneConfig, ds: Any) -> DataLoader:
+    """Random crops of the labelled tiles; an epoch is max(#tiles, batch) samples, full batches only."""
+    from glcnet.data.prepared import TileDataset
+
+    if cfg.crop % 16:
+        raise GlcnetError(f"crop: must be a multiple of 16, got {cfg.crop}")
+    tiles = TileDataset(ds, splits=("train",), fraction=cfg.fraction, with_mask=True, crop=cfg.crop, augment=True)
+    bs = cfg.trainer.batch_size
+    if bs < 2:
+        raise GlcnetError("trainer.batch_size: must be >= 2 (batch norm in the ASPP pooling branch)")
+    # with replacement so that a tiny labelled subset (1% of few tiles) still fills a batch
+    sampler = RandomSampler(tiles, replacement=len(tiles) < bs, num_samples=max(len(tiles), bs))
+    workers = loader_workers(cfg.trainer.num_workers)
+    return DataLoader(tiles, batch_size=bs, sampler=sampler, drop_last=True, num_workers=workers,
+                      persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+
+
+def _load_net(lightning_ckpt: Path, net: DeepLab) -> int:
+    """Put the network stored in a Lightning checkpoint into ``net``; return its (0-based) epoch."""
+    state = torch.load(lightning_ckpt, map_location="cpu", weights_only=False)  # this run's own file
+    net.load_state_dict({k[len("net."):]: v for k, v in state["state_dict"].items() if k.startswith("net.")})
+    return int(state["epoch"])
+
+
+def run(cfg: FinetuneConfig, resume: bool = False) -> Path:
+    """Fine-tune per ``cfg``; return the ``model.pt`` of the best validation epoch."""
+    from glcnet.data.prepared import PreparedDataset, SceneDataset
+
+    if not cfg.data:
+        raise GlcnetError("finetune: no data set given (--data PREPARED or data: in the config)")
+    if not 1 <= cfg.val_every <= cfg.optim.epochs:
+        raise GlcnetError(f"val_every: must be in 1..optim.epochs ({cfg.optim.epochs}), got {cfg.val_every}")
+    ds = PreparedDataset(cfg.data)
+    out = Path(cfg.out)
+    last = resume_ckpt(RunDir(out))
+    if last is not None and not resume:
+        raise GlcnetError(f"{out}: holds a previous run; continue it with --resume or choose another --out")
+    if resume and last is None:
+        raise GlcnetError(f"{out}: nothing to resume (no checkpoints/last.ckpt)")
+    val = SceneDataset(ds, "val")  # model selection: val scenes only, never test
+    seed_everything(cfg.seed)
+    net = build_model(cfg.model, ds.in_channels, num_classes=ds.num_classes, mean=ds.mean, std=ds.std)
+    report = load_pretrained(net, cfg.init, cfg.load, cfg.model)
+    print(summary(report))
+    loader = _train_loader(cfg, ds)
+    run_dir = RunDir.create(out, cfg, cfg.seed, extra={"task": "finetune", "resumed_from": last})
+    write_json(out / "init.json", report)
+    weights = class_weights(cfg.class_weights, (ds.meta.get("class_counts") or {}).get("train"))
+    task = SegmentationTask(net, cfg.optim, cfg.eval, ds.ignore_index, weights)
+    trainer = build_trainer(cfg.trainer, run_dir, cfg.optim.epochs, monitor=MONITOR, mode="max",
+                            early_stop=cfg.early_stop, check_val_every_n_epoch=cfg.val_every)
+    val_loader = DataLoader(val, batch_size=1, collate_fn=first, num_workers=0)
+    trainer.fit(task, loader, val_loader, ckpt_path=last if resume else None)
+    best = out / "checkpoints" / "best.ckpt"
+    if trainer.is_global_zero:
+        meta = dict(model_cfg=cfg.model, bands=ds.bands, value_range=ds.value_range, classes=ds.classes,
+                    colors=ds.colors or [[0, 0, 0]] * ds.num_classes, ignore_index=ds.ignore_index)
+        extra = dict(data=str(cfg.data), init=report["init"], method=report.get("method"), fraction=cfg.fraction)
+        step = trainer.global_step
+        last_epoch = max(0, step - 1) // max(1, int(trainer.num_training_batches))  # 0-based, last epoch run
+        torch_save(model_checkpoint(net.cpu(), **meta, epoch=last_epoch, step=step, **extra), out / "model_last.pt")
+        if best.is_file():
+            score = next((c.best_model_score for c in trainer.checkpoint_callbacks if c.monitor == MONITOR), None)
+            epoch = _load_net(best, net)
+            selection = dict(selected_on=MONITOR, best_score=None if score is None else float(score))
+        else:  # trainer.max_steps stopped training before the first validation (smoke runs)
+            print(f"warning: no validation pass ran before trainer.max_steps={cfg.trainer.max_steps}; "
+                  "model.pt holds the last weights")
+            epoch, selection = last_epoch, dict(selected_on="last (no validation pass ran)", best_score=None)
+        torch_save(model_checkpoint(net, **meta, epoch=epoch, **selection, **extra), out / "model.pt")
+    return out / "model.pt"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config or packaged name (finetune_cpu, finetune_paper)")
+    parser.add_argument("--data", help="prepared data set folder (overrides data:)")
+    parser.add_argument("--out", help="run directory (overrides out:)")
+    parser.add_argument("--init", help="pretrained.pt, a pretraining run folder, or none (random init)")
+    parser.add_argument("--fraction", type=float, help="labelled subset chosen by prepare: 0.01 0.05 0.1 0.2 1.0")
+    parser.add_argument("--load", choices=["encoder", "encoder+aspp", "all"], help="pretrained part to load")
+    parser.add_argument("--resume", action="store_true", help="continue a killed run from checkpoints/last.ckpt")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.epochs=5")
+
+
+def main(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides)
+    for key in ("data", "out", "init", "fraction", "load"):
+        if getattr(args, key) is not None:
+            overrides.append(f"{key}={getattr(args, key)}")
+    cfg = load_config(FinetuneConfig, args.config, overrides)
+    path = run(cfg, resume=args.resume)
+    print(f"fine-tuned model (best {MONITOR} on the val scenes): {path}")
+    return 0

@@ -1,0 +1,141 @@
+"""End to end on the real LoveDA samples through the CLI: prepare -> pretrain (2 steps) ->
+finetune at 1% (1 epoch, then --resume to 2) -> evaluate on the test scene -> predict a GeoTIFF.
+
+Pretrain and finetune run the CLI in subprocesses; prepare/evaluate/predict call the same
+entry point (``glcnet.cli.main``) in-process to save interpreter start-ups."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from affine import Affine
+from PIL import Image
+
+from glcnet.cli import main as cli_main
+
+pytestmark = pytest.mark.slow
+SMALL = ["model.aspp_channels=64", "trainer.num_workers=0", "trainer.progress=false"]
+FT = ["--config", "finetune_cpu", "--fraction", "0.01", "eval.window=256", "eval.stride=256", *SMALL]
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, shared_data):
+    from conftest import run_cli
+
+    root = tmp_path_factory.mktemp("e2e")
+    prep, pre, ft = root / "prep", root / "pre", root / "ft"
+    assert cli_main(["prepare", "loveda", "--src", str(shared_data / "loveda"), "--out", str(prep),
+                     "--tile-size", "128", "--split-ratios", "0.34,0.33,0.33"]) == 0
+    run_cli("pretrain", "--config", "pretrain_cpu", "--data", prep, "--out", pre, "trainer.max_steps=2",
+            "trainer.batch_size=4", "views.size=64", "method.patch_size=16", *SMALL)
+    first = run_cli("finetune", "--data", prep, "--init", pre, "--out", ft, *FT, "optim.epochs=1")
+    resumed = run_cli("finetune", "--data", prep, "--init", pre, "--out", ft, *FT, "optim.epochs=2", "--resume")
+    return {"root": root, "prep": prep, "pre": pre, "ft": ft, "log": first.stdout + resumed.stdout}
+
+
+def test_finetune_outputs_and_model_selection(pipeline):
+    ft = pipeline["ft"]
+    init = json.loads((ft / "init.json").read_text())
+    assert init["method"] == "glcnet" and init["part"] == "encoder+aspp" and init["unexpected"] == []
+    assert init["loaded"] > 100 and any(k.startswith("head.") for k in init["missing"])
+    assert "loaded" in pipeline["log"] and "0 unexpected" in pipeline["log"]
+    records = [json.loads(line) for line in (ft / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in records if "val_miou" in r]
+    assert [int(r["epoch"]) for r in val] == [0, 1]  # resumed: epoch 0 not trained twice
+    assert sum("train_loss_epoch" in r for r in records) == 2
+    best = torch.load(ft / "model.pt", weights_only=True)
+    last = torch.load(ft / "model_last.pt", weights_only=True)
+    scores = [r["val_miou"] for r in val]
+    assert best["selected_on"] == "val_miou" and best["best_score"] == pytest.approx(max(scores))
+    assert best["epoch"] == int(np.argmax(scores)) and last["epoch"] == 1
+    assert best["kind"] == "segmentation" and best["in_channels"] == 3 and len(best["classes"]) == 7
+    # without --resume an existing run is not overwritten
+    code = cli_main(["finetune", "--data", str(pipeline["prep"]), "--out", str(ft), *FT])
+    assert code == 2
+
+
+def test_evaluate_on_test_scenes(pipeline, capsys):
+    out = pipeline["root"] / "eval"
+    assert cli_main(["evaluate", "--ckpt", str(pipeline["ft"] / "model.pt"), "--split", "test", "--out", str(out),
+                     "--window", "256", "--stride", "256"]) == 0
+    assert "test: OA" in capsys.readouterr().out
+    m = json.loads((out / "metrics.json").read_text())
+    splits = json.loads((pipeline["prep"] / "splits.json").read_text())["scenes"]
+    assert list(m["scenes"]) == splits["test"] and not set(m["scenes"]) & set(splits["val"])
+    mask = np.load(pipeline["prep"] / "masks" / f"{splits['test'][0]}.npy")
+    assert m["pixels"] == int((mask != 255).sum()) == int(np.sum(m["confusion"]))
+    assert 0 <= m["oa"] <= 1 and set(m["per_class"]) == set(json.loads((pipeline["prep"] / "dataset.json").read_text())["classes"])
+    assert sorted(f.name for f in out.iterdir()) == sorted(["metrics.json", "metrics.md", "confusion.png",
+                                                            f"{splits['test'][0]}.png"])
+    assert "| OA | Kappa | mIoU | mean F1 |" in (out / "metrics.md").read_text()
+    assert Image.open(out / f"{splits['test'][0]}.png").size[0] > 3 * 1000  # image | truth | prediction
+
+
+def test_predict_georeferenced_geotiff(pipeline, shared_data):
+    rgb = np.asarray(Image.open(shared_data / "loveda" / "img_dir" / "2.png").convert("RGB"))[:300, :260]
+    transform = Affine(0.3, 0, 300000.0, 0, -0.3, 3500000.0)
+    src = pipeline["root"] / "scene.tif"
+    with rasterio.open(src, "w", driver="GTiff", height=300, width=260, count=3, dtype="uint8",
+                       crs="EPSG:32650", transform=transform) as dst:
+        dst.write(rgb.transpose(2, 0, 1))
+    out = pipeline["root"] / "pred"
+    assert cli_main(["predict", "--ckpt", str(pipeline["ft"] / "model.pt"), str(src), "--out", str(out),
+                     "--window", "128", "--stride", "64", "--no-progress"]) == 0
+    with rasterio.open(out / "scene_pred.tif") as d:
+        assert d.crs.to_epsg() == 32650 and d.transform == transform and d.shape == (300, 260)
+        assert d.read(1).max() < 7
+    assert (out / "scene_pred.png").is_file()
+
+
+def test_evaluate_isprs_convention(pipeline, tmp_path):
+    """Eval masks (boundaries and one 'clutter' class -> 255) give a second, separately pooled result."""
+    import shutil
+
+    from glcnet.finetune import evaluate
+
+    prep = shutil.copytree(pipeline["prep"], tmp_path / "prep")
+    meta = json.loads((prep / "dataset.json").read_text())
+    test = next(s for s in meta["scenes"] if s["split"] == "test")
+    mask = np.load(prep / "masks" / f"{test['name']}.npy")
+    eroded = mask.copy()
+    eroded[:, ::7] = 255  # stand-in for eroded boundaries
+    eroded[eroded == 6] = 255  # class 6 plays clutter
+    (prep / "eval_masks").mkdir()
+    np.save(prep / "eval_masks" / f"{test['name']}.npy", eroded)
+    test["has_eval_mask"] = True
+    (prep / "dataset.json").write_text(json.dumps(meta))
+    from glcnet.config import EvalConfig
+
+    m = evaluate.run(pipeline["ft"] / "model.pt", prep, "test", EvalConfig(window=256, stride=256), out=None)
+    i = m["isprs"]
+    assert m["pixels"] == int((mask != 255).sum()) and i["pixels"] == int((eroded != 255).sum())
+    assert "agriculture" in i["excluded_from_means"] and i["per_class"]["agriculture"]["support"] == 0
+    kept = [c["iou"] for name, c in i["per_class"].items() if name not in i["excluded_from_means"]]
+    assert i["miou"] == pytest.approx(np.nanmean(kept))
+
+
+def test_class_weights_formula():
+    from glcnet.finetune.train import class_weights
+
+    assert class_weights("none", [1, 2]) is None
+    # N = 40, K = 3: w_c = N / (K n_c); absent class -> 0
+    assert class_weights("inverse", [10, 30, 0]).tolist() == pytest.approx([40 / 30, 40 / 90, 0.0])
+    assert class_weights("sqrt-inverse", [10, 30, 0]).tolist() == pytest.approx([(40 / 30) ** 0.5, (40 / 90) ** 0.5, 0.0])
+
+
+def test_finetune_configs_load_and_match_package_copies():
+    from glcnet.config import FinetuneConfig, load_config
+
+    repo = Path(__file__).resolve().parents[1]
+    for name in ("finetune_cpu", "finetune_paper"):
+        top, packaged = repo / "configs" / f"{name}.yaml", repo / "src" / "glcnet" / "configs" / f"{name}.yaml"
+        assert top.read_text() == packaged.read_text()
+        assert load_config(FinetuneConfig, name) == load_config(FinetuneConfig, top)
+    paper = load_config(FinetuneConfig, "finetune_paper")
+    assert (paper.model.encoder, paper.optim.lr, paper.optim.gamma, paper.optim.epochs) == ("resnet50", 1e-4, 0.98, 150)
+    assert (paper.trainer.batch_size, paper.crop, paper.load, paper.eval.stride) == (16, 256, "encoder+aspp", 128)
