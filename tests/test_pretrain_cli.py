@@ -23,7 +23,7 @@ from glcnet.models import DeepLab
 
 from conftest import run_cli
 
-SMALL = ["views.size=64", "method.patch_size=16", "trainer.batch_size=8", "trainer.num_workers=0",
+SMALL = ["views.size=64", "model.aspp_channels=64", "method.patch_size=16", "trainer.batch_size=8", "trainer.num_workers=0",
          "trainer.progress=false", "trainer.log_every=1"]
 
 
