@@ -1,0 +1,251 @@
+"""``glcnet experiment``: methods x label fractions x seeds, resumable, one results table.
+
+Layout of ``OUT`` (``ExperimentConfig.out``)::
+
+    config.yaml, run.json, metrics.jsonl        resolved config and one line per finished cell
+    pretrain/<method>-s<seed>-<hash>/           one pretraining per (method, seed), reused by every fraction
+    cells/<method>-f<fraction>-s<seed>-<hash>/  finetune/ (model.pt), eval/, result.json or error.txt
+    results.csv, results.md, kappa_vs_fraction.png
+
+``<hash>`` is a short SHA-1 of the resolved sub-config that determines the run (data
+identity and every setting that differs from the defaults: seed, model, method, schedule;
+not output paths or logging options), so
+rerunning an unchanged config skips finished work and a changed one runs anew. A killed
+pretraining or fine-tuning resumes from its ``checkpoints/last.ckpt``. A failing cell
+writes its traceback to ``error.txt``, is shown as failed, and the grid goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import shutil
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from glcnet.config import ExperimentConfig, FinetuneConfig, PretrainConfig, load_config, to_dict
+from glcnet.errors import GlcnetError
+from glcnet.experiment.table import CellResult, frac_label, write_tables
+from glcnet.runs import RunDir
+from glcnet.utils.atomic import write_json, write_text
+
+# options that change neither the trained weights nor the metrics: left out of the hash
+_NO_EFFECT = {"out", "trainer.progress", "trainer.log_every", "trainer.num_workers", "trainer.checkpoint_every"}
+
+
+def _print(msg: str) -> None:
+    print(msg, flush=True)  # progress lines appear at once in logs redirected to files
+
+
+def short_hash(obj: Any) -> str:
+    """First 8 hex digits of the SHA-1 of ``obj`` as canonical JSON."""
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _hashable(cfg: Any) -> dict[str, Any]:
+    """The settings of ``cfg`` that differ from its defaults, as ``{"a.b": value}``.
+
+    Only non-default values are keyed, so a field added to the configs later (with a
+    default that keeps the old behaviour) does not invalidate finished cells. Left out:
+    ``_NO_EFFECT`` and ``data`` (identified by content, see :func:`data_id`).
+    """
+    default = _flat(to_dict(type(cfg)()))
+    return {k: v for k, v in _flat(to_dict(cfg)).items()
+            if k not in _NO_EFFECT and k != "data" and (k not in default or default[k] != v)}
+
+
+def data_id(data: str | Path) -> str:
+    """Identity of a prepared data set: hash of its ``dataset.json`` and ``splits.json``."""
+    root = Path(data)
+    if not data or not (root / "dataset.json").is_file() or not (root / "splits.json").is_file():
+        raise GlcnetError(f"{data or '<data>'}: not a prepared data set (no dataset.json/splits.json; "
+                          "run glcnet prepare first)")
+    return short_hash([(root / n).read_text() for n in ("dataset.json", "splits.json")])
+
+
+def pretrain_config(cfg: ExperimentConfig, method: str, seed: int) -> PretrainConfig:
+    pc = copy.deepcopy(cfg.pretrain)
+    pc.data, pc.seed, pc.method.name = cfg.data, seed, method
+    return pc
+
+
+def finetune_config(cfg: ExperimentConfig, fraction: float, seed: int) -> FinetuneConfig:
+    fc = copy.deepcopy(cfg.finetune)
+    fc.data, fc.seed, fc.fraction = cfg.data, seed, fraction
+    return fc
+
+
+def _stages() -> dict[str, Any]:
+    """The pipeline stages the grid orchestrates (imported lazily; tests replace this)."""
+    from glcnet.finetune import evaluate, train
+    from glcnet.ssl import METHOD_NAMES, pretrain
+
+    return {"methods": METHOD_NAMES, "pretrain": pretrain.run, "finetune": train.run, "evaluate": evaluate.run}
+
+
+def _check(cfg: ExperimentConfig) -> None:
+    """Fail early, in one line, on config problems that would fail every cell."""
+    names = _stages()["methods"]
+    if not cfg.methods or not cfg.fractions or not cfg.seeds:
+        raise GlcnetError("experiment: methods, fractions and seeds must each list at least one value")
+    bad = [m for m in cfg.methods if m not in names]
+    if bad:
+        raise GlcnetError(f"experiment: unknown method {bad[0]!r} (valid: {', '.join(names)})")
+    if to_dict(cfg.pretrain.model) != to_dict(cfg.finetune.model):
+        raise GlcnetError("experiment: pretrain.model and finetune.model differ; set both to the same network")
+    labelled = json.loads((Path(cfg.data) / "splits.json").read_text()).get("labelled", {})
+    have = {float(k) for k in labelled}
+    missing = [f for f in cfg.fractions if float(f) not in have]
+    if missing:
+        raise GlcnetError(f"{cfg.data}/splits.json: no labelled subset for fraction {missing[0]:g} "
+                          f"(has: {', '.join(f'{f:g}' for f in sorted(have))}; re-run prepare with fractions=...)")
+
+
+def _last_ckpt(run: Path) -> bool:
+    return (run / "checkpoints" / "last.ckpt").is_file()
+
+
+def _train(run_fn: Callable[..., Path], cfg: Any, run: Path) -> Path:
+    """Run a training stage into ``run`` unless it completed before; resume a killed one.
+
+    Completion is our own marker ``run/complete.json`` (the stages write their products,
+    e.g. ``pretrained.pt``, every epoch). A leftover folder with neither the marker nor a
+    last checkpoint (killed before the first checkpoint, or failed) is ours and is cleared.
+    """
+    if (run / "complete.json").is_file():
+        return run / json.loads((run / "complete.json").read_text())["product"]
+    if run.exists() and not _last_ckpt(run):
+        shutil.rmtree(run)
+    cfg.out = str(run)
+    product = Path(run_fn(cfg, resume=_last_ckpt(run)))
+    write_json(run / "complete.json", {"product": product.name})  # relative: OUT may move
+    return run / product.name
+
+
+def _read_cell(cell: Path, method: str, fraction: float, seed: int, rel: str) -> CellResult:
+    """The stored state of a cell: done (result.json), failed (error.txt) or pending."""
+    if (cell / "result.json").is_file():
+        r = json.loads((cell / "result.json").read_text())
+        return CellResult(method, fraction, seed, rel, "done", {k: r["metrics"][k] for k in r["metrics"]})
+    if (cell / "error.txt").is_file():
+        lines = (cell / "error.txt").read_text().strip().splitlines()
+        return CellResult(method, fraction, seed, rel, "failed", error=lines[-1] if lines else "")
+    return CellResult(method, fraction, seed, rel, "pending")
+
+
+class Grid:
+    """The cells of an experiment config, their folders, and how to run each one."""
+
+    def __init__(self, cfg: ExperimentConfig, log: Callable[[str], None] = _print):
+        self.cfg, self.log = cfg, log
+        self.out = Path(cfg.out)
+        self.data = data_id(cfg.data)
+        self._pretrain_errors: dict[Path, str] = {}  # failed pretrainings of this process: not retried
+
+    def pretrain_dir(self, method: str, seed: int) -> Path:
+        h = short_hash({"data": self.data, "pretrain": _hashable(pretrain_config(self.cfg, method, seed))})
+        return self.out / "pretrain" / f"{method}-s{seed}-{h}"
+
+    def cell_dir(self, method: str, fraction: float, seed: int) -> Path:
+        init = "none" if method == "none" else self.pretrain_dir(method, seed).name
+        ft = _hashable(finetune_config(self.cfg, fraction, seed))
+        ft.pop("init", None)  # replaced by the pretraining's folder name (its hash)
+        h = short_hash({"data": self.data, "init": init, "finetune": ft})
+        return self.out / "cells" / f"{method}-f{fraction:g}-s{seed}-{h}"
+
+    def cells(self) -> list[tuple[str, float, int]]:
+        """(method, fraction, seed) in run order: seed-major, so early seeds complete whole rows first."""
+        return [(m, f, s) for s in self.cfg.seeds for m in self.cfg.methods for f in self.cfg.fractions]
+
+    def results(self) -> list[CellResult]:
+        return [_read_cell(self.cell_dir(m, f, s), m, f, s, str(self.cell_dir(m, f, s).relative_to(self.out)))
+                for m, f, s in self.cells()]
+
+    def _pretrain(self, method: str, seed: int) -> Path:
+        run = self.pretrain_dir(method, seed)
+        if run in self._pretrain_errors:
+            raise GlcnetError(f"{run}: pretraining failed earlier in this run ({self._pretrain_errors[run]})")
+        if not (run / "complete.json").is_file():
+            self.log(f"pretrain {method} seed {seed} -> {run}")
+        try:
+            return _train(_stages()["pretrain"], pretrain_config(self.cfg, method, seed), run)
+        except Exception as e:
+            self._pretrain_errors[run] = f"{type(e).__name__}: {e}"
+            raise
+
+    def run_cell(self, method: str, fraction: float, seed: int) -> CellResult:
+        """Pretrain (cached per method/seed), fine-tune, evaluate on test; never raises Exception."""
+        cell = self.cell_dir(method, fraction, seed)
+        rel = str(cell.relative_to(self.out))
+        done = _read_cell(cell, method, fraction, seed, rel)
+        if done.status == "done":
+            return done
+        (cell / "error.txt").unlink(missing_ok=True)
+        t0 = time.time()
+        try:
+            ft = finetune_config(self.cfg, fraction, seed)
+            ft.init = "none" if method == "none" else str(self._pretrain(method, seed))
+            model = _train(_stages()["finetune"], ft, cell / "finetune")
+            shutil.rmtree(cell / "eval", ignore_errors=True)  # a killed evaluation starts over
+            metrics = _stages()["evaluate"](model, self.cfg.data, split="test", cfg=ft.eval, out=cell / "eval",
+                                               progress=False)
+        except Exception as e:  # a failed cell is reported; the grid goes on
+            cell.mkdir(parents=True, exist_ok=True)
+            write_text(cell / "error.txt", traceback.format_exc())
+            self.log(f"FAILED {rel}: {type(e).__name__}: {e}")
+            return _read_cell(cell, method, fraction, seed, rel)
+        keep = {k: float(metrics[k]) for k in ("kappa", "miou", "oa", "mean_f1")}
+        write_json(cell / "result.json", {
+            "method": method, "fraction": fraction, "seed": seed, "metrics": keep,
+            "per_class": metrics.get("per_class"), "init": ft.init, "model": str(model),
+            "seconds": round(time.time() - t0, 1)})
+        return _read_cell(cell, method, fraction, seed, rel)
+
+    def run(self, title: str = "", note: str = "") -> dict[str, Path]:
+        """Run every unfinished cell, rewriting the tables after each one; return the table paths."""
+        run_dir = RunDir.create(self.out, self.cfg, self.cfg.seeds[0], extra={"task": "experiment", "data_id": self.data})
+        todo = self.cells()
+        for i, (m, f, s) in enumerate(todo, 1):
+            t0 = time.time()
+            r = self.run_cell(m, f, s)
+            kappa = f" kappa={100 * r.metrics['kappa']:.2f}" if r.status == "done" else ""
+            self.log(f"[{i}/{len(todo)}] {m} {frac_label(f)} seed {s}: {r.status}{kappa} ({time.time() - t0:.0f} s)")
+            run_dir.log({"cell": r.path, "status": r.status, **r.metrics})
+            write_tables(self.results(), self.out, title, note, with_plot=False)  # progress so far
+        return write_tables(self.results(), self.out, title, note)
+
+
+def run(cfg: ExperimentConfig, only_table: bool = False, title: str = "", note: str = "",
+        log: Callable[[str], None] = _print) -> dict[str, Path]:
+    """Run (or with ``only_table`` just re-tabulate) the grid of ``cfg``; return the table paths."""
+    grid = Grid(cfg, log)
+    _check(cfg)
+    if only_table:
+        return write_tables(grid.results(), grid.out, title, note)
+    return grid.run(title, note)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="experiment YAML (e.g. configs/experiment_cpu.yaml)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. seeds=[0,1] pretrain.optim.epochs=5")
+    parser.add_argument("--only-table", action="store_true", help="rebuild the tables from finished cells; run nothing")
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = load_config(ExperimentConfig, args.config, args.overrides)
+    paths = run(cfg, only_table=args.only_table)
+    print(paths["md"].read_text())
+    print(f"report: {paths['md'].parent}  (results.md, results.csv, kappa_vs_fraction.png)")
+    return 0

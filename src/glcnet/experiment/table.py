@@ -1,0 +1,193 @@
+"""Results of an experiment grid: ``results.csv``, ``results.md``, ``kappa_vs_fraction.png``.
+
+Each metric is aggregated over seeds as ``mean ± std`` with the sample standard deviation
+``std = sqrt(sum (x_i - mean)^2 / (n - 1))`` (shown only when n >= 2). Rows are methods in
+the paper's order, column groups are label fractions; in Markdown, values are in percent
+and the best mean of every column is in bold. Failed cells are counted, never averaged.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from glcnet.utils.atomic import atomic_path, write_text
+
+METRICS = [("kappa", "Kappa"), ("miou", "mIoU"), ("oa", "OA"), ("mean_f1", "mean F1")]
+# the paper's row order (baselines, then GLCNet ablations, then GLCNet)
+PAPER_ORDER = ["none", "imagenet", "inpainting", "jigsaw", "simclr", "mocov2",
+               "glcnet_no_style", "glcnet_no_global", "glcnet_no_local", "glcnet"]
+LABELS = {
+    "none": "Random init", "imagenet": "ImageNet", "inpainting": "Inpainting", "jigsaw": "Jigsaw",
+    "simclr": "SimCLR", "mocov2": "MoCo v2", "glcnet": "GLCNet",
+    "glcnet_no_style": "GLCNet w/o style (mean only)", "glcnet_no_global": "GLCNet w/o global (local only)",
+    "glcnet_no_local": "GLCNet w/o local (global only)",
+}
+
+
+@dataclass
+class CellResult:
+    """One grid cell: ``status`` is done | failed | pending; ``metrics`` values in [0, 1]."""
+
+    method: str
+    fraction: float
+    seed: int
+    path: str  # cell folder, relative to the experiment folder
+    status: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str = ""
+
+
+@dataclass
+class Summary:
+    """Aggregate of one (method, fraction) over seeds."""
+
+    mean: dict[str, float]
+    std: dict[str, float]  # nan when fewer than 2 seeds finished
+    n_done: int
+    n_failed: int
+    n_total: int
+
+
+def order_methods(methods: list[str]) -> list[str]:
+    """Methods in the paper's order; unknown names keep their given order at the end."""
+    known = [m for m in PAPER_ORDER if m in methods]
+    return known + [m for m in methods if m not in PAPER_ORDER]
+
+
+def label(method: str) -> str:
+    return LABELS.get(method, method)
+
+
+def frac_label(fraction: float) -> str:
+    return f"{fraction * 100:g}%"
+
+
+def summarise(cells: list[CellResult]) -> dict[tuple[str, float], Summary]:
+    """Mean and sample std over seeds of every metric, per (method, fraction)."""
+    groups: dict[tuple[str, float], list[CellResult]] = {}
+    for c in cells:
+        groups.setdefault((c.method, c.fraction), []).append(c)
+    out = {}
+    for key, group in groups.items():
+        done = [c for c in group if c.status == "done"]
+        mean, std = {}, {}
+        for m, _ in METRICS:
+            xs = [float(c.metrics[m]) for c in done if m in c.metrics]
+            mean[m] = sum(xs) / len(xs) if xs else math.nan
+            std[m] = (math.sqrt(sum((x - mean[m]) ** 2 for x in xs) / (len(xs) - 1))
+                      if len(xs) >= 2 else math.nan)
+        out[key] = Summary(mean, std, len(done), sum(c.status == "failed" for c in group), len(group))
+    return out
+
+
+def _best(summary: dict[tuple[str, float], Summary], methods: list[str], fraction: float, metric: str) -> float:
+    """Highest mean (rounded as displayed, in %) of a column; nan when the column is empty."""
+    vals = [round(100 * summary[(m, fraction)].mean[metric], 2) for m in methods
+            if (m, fraction) in summary and not math.isnan(summary[(m, fraction)].mean[metric])]
+    return max(vals) if vals else math.nan
+
+
+def markdown(cells: list[CellResult], title: str = "", note: str = "") -> str:
+    """The results table (paper layout) plus a list of every cell with a link to its folder."""
+    summary = summarise(cells)
+    methods = order_methods(list(dict.fromkeys(c.method for c in cells)))
+    fractions = sorted({c.fraction for c in cells})
+    lines = [f"# {title or 'Experiment results'}", ""]
+    if note:
+        lines += [note, ""]
+    lines += ["Test-scene metrics in %, mean ± sample std over seeds (n = finished seeds); "
+              "**bold** = best mean per column.", ""]
+    head = ["Method"] + [f"{name} @{frac_label(f)}" for f in fractions for _, name in METRICS]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in methods:
+        row = [label(m)]
+        for f in fractions:
+            s = summary.get((m, f))
+            for key, _ in METRICS:
+                if s is None or math.isnan(s.mean[key]):
+                    row.append("failed" if s is not None and s.n_failed else "–")
+                    continue
+                v = round(100 * s.mean[key], 2)
+                txt = f"{v:.2f}" + ("" if math.isnan(s.std[key]) else f" ± {100 * s.std[key]:.2f}")
+                if s.n_done < s.n_total:
+                    txt += f" (n={s.n_done}/{s.n_total})"
+                row.append(f"**{txt}**" if v == _best(summary, methods, f, key) else txt)
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "## Cells", "", "| method | fraction | seed | status | Kappa % | folder |", "|---|---|---|---|---|---|"]
+    for c in sorted(cells, key=lambda c: (methods.index(c.method), c.fraction, c.seed)):
+        kappa = f"{100 * c.metrics['kappa']:.2f}" if c.status == "done" and "kappa" in c.metrics else ""
+        status = c.status if c.status != "failed" else f"failed: {c.error[:120]}"
+        lines.append(f"| {label(c.method)} | {frac_label(c.fraction)} | {c.seed} | {status} | {kappa} "
+                     f"| [{c.path}]({c.path}) |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(cells: list[CellResult]) -> str:
+    """One row per (method, fraction): counts, mean and std of each metric (in [0, 1]), cell folders."""
+    summary = summarise(cells)
+    methods = order_methods(list(dict.fromkeys(c.method for c in cells)))
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["method", "label", "fraction", "n_done", "n_failed", "n_total"]
+               + [f"{m}_{s}" for m, _ in METRICS for s in ("mean", "std")] + ["cells"])
+    for m in methods:
+        for f in sorted({c.fraction for c in cells}):
+            s = summary.get((m, f))
+            if s is None:
+                continue
+            stats = [f"{v:.6f}" if not math.isnan(v) else "" for k, _ in METRICS for v in (s.mean[k], s.std[k])]
+            paths = ";".join(c.path for c in cells if c.method == m and c.fraction == f)
+            w.writerow([m, label(m), f"{f:g}", s.n_done, s.n_failed, s.n_total, *stats, paths])
+    return buf.getvalue()
+
+
+def plot(cells: list[CellResult], path: Path, title: str = "") -> None:
+    """Kappa (mean ± std over seeds) against label fraction, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = summarise(cells)
+    fractions = sorted({c.fraction for c in cells})
+    fig, ax = plt.subplots(figsize=(6, 4))
+    methods = order_methods(list(dict.fromkeys(c.method for c in cells)))
+    for i, m in enumerate(methods):
+        shift = 1 + 0.03 * (i - (len(methods) - 1) / 2)  # side by side, so error bars do not hide each other
+        pts = [(f, summary[(m, f)]) for f in fractions if (m, f) in summary and summary[(m, f)].n_done]
+        if not pts:
+            continue
+        xs = [f * 100 * shift for f, _ in pts]
+        ys = [100 * s.mean["kappa"] for _, s in pts]
+        es = [0.0 if math.isnan(s.std["kappa"]) else 100 * s.std["kappa"] for _, s in pts]
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=label(m))
+    ax.set_xscale("log")
+    ax.set_xticks([f * 100 for f in fractions], [frac_label(f) for f in fractions])
+    ax.minorticks_off()
+    ax.set_xlabel("labelled fraction of training tiles (%)")
+    ax.set_ylabel("Kappa (%)")
+    ax.set_title(title or "Kappa vs label fraction", fontsize=9)
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+def write_tables(cells: list[CellResult], out: str | Path, title: str = "", note: str = "",
+                 with_plot: bool = True) -> dict[str, Path]:
+    """Write results.csv, results.md and (``with_plot``) kappa_vs_fraction.png into ``out``, atomically."""
+    out = Path(out)
+    paths = {"csv": out / "results.csv", "md": out / "results.md", "png": out / "kappa_vs_fraction.png"}
+    write_text(paths["csv"], csv_text(cells))
+    write_text(paths["md"], markdown(cells, title, note))
+    if with_plot:
+        plot(cells, paths["png"], title)
+    return paths
+

@@ -1,0 +1,264 @@
+"""Experiment grid (with fake pipeline stages), results table, and the real ``glcnet demo --quick``."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from glcnet.config import ExperimentConfig, load_config
+from glcnet.errors import GlcnetError
+from glcnet.experiment import grid
+from glcnet.experiment.table import CellResult, markdown, summarise
+
+BASE = {"none": 0.40, "simclr": 0.50, "glcnet": 0.60}  # fake kappa per method
+REPO = Path(__file__).resolve().parents[1]
+
+
+class FakeStages:
+    """Stand-ins for pretrain.run / train.run / evaluate.run that record their calls."""
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+        self.fail: set[tuple] = set()  # ("pretrain", method) or ("evaluate", method, fraction)
+
+    def pretrain(self, cfg, resume=False):
+        self.calls.append(("pretrain", cfg.method.name, cfg.seed, resume))
+        if ("pretrain", cfg.method.name) in self.fail:
+            raise RuntimeError("boom in pretraining")
+        out = Path(cfg.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "pretrained.pt").write_text(json.dumps({"method": cfg.method.name}))
+        return out / "pretrained.pt"
+
+    def finetune(self, cfg, resume=False):
+        self.calls.append(("finetune", cfg.init, cfg.fraction, cfg.seed, resume))
+        out = Path(cfg.out)
+        out.mkdir(parents=True, exist_ok=True)
+        method = "none" if cfg.init == "none" else json.loads(Path(cfg.init).read_text())["method"]
+        (out / "model.pt").write_text(json.dumps({"method": method, "fraction": cfg.fraction, "seed": cfg.seed}))
+        return out / "model.pt"
+
+    def evaluate(self, ckpt, data, split="test", cfg=None, out=None, progress=True):
+        m = json.loads(Path(ckpt).read_text())
+        self.calls.append(("evaluate", m["method"], m["fraction"], m["seed"], split))
+        if ("evaluate", m["method"], m["fraction"]) in self.fail:
+            raise ValueError("boom in evaluation")
+        k = BASE[m["method"]] + 0.1 * m["fraction"] + 0.01 * m["seed"]
+        return {"kappa": k, "miou": k - 0.1, "oa": k + 0.2, "mean_f1": k + 0.05, "per_class": {}}
+
+    def stages(self):
+        return {"methods": ["none", "simclr", "mocov2", "glcnet"], "pretrain": self.pretrain,
+                "finetune": self.finetune, "evaluate": self.evaluate}
+
+    def count(self, kind):
+        return sum(c[0] == kind for c in self.calls)
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    f = FakeStages()
+    monkeypatch.setattr(grid, "_stages", f.stages)
+    return f
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    data = tmp_path / "prepared"
+    data.mkdir()
+    (data / "dataset.json").write_text(json.dumps({"name": "fake", "classes": ["a", "b"]}))
+    (data / "splits.json").write_text(json.dumps({"seed": 0, "labelled": {"0.01": [1], "0.1": [1, 2], "1.0": [1, 2, 3]}}))
+    return load_config(ExperimentConfig, None, [
+        f"data={data}", f"out={tmp_path / 'exp'}", "methods=[glcnet,none,simclr]",
+        "fractions=[0.01,0.1]", "seeds=[0,1,2]"])
+
+
+def test_grid_runs_every_cell_and_pretrains_once(fake, cfg):
+    paths = grid.run(cfg, log=lambda s: None)
+    assert sorted(c[1:3] for c in fake.calls if c[0] == "pretrain") == [
+        ("glcnet", 0), ("glcnet", 1), ("glcnet", 2), ("simclr", 0), ("simclr", 1), ("simclr", 2)]
+    assert fake.count("finetune") == fake.count("evaluate") == 18
+    assert all(c[4] == "test" for c in fake.calls if c[0] == "evaluate")
+    out = Path(cfg.out)
+    assert (out / "config.yaml").is_file() and (out / "run.json").is_file()
+    cells = sorted((out / "cells").iterdir())
+    assert len(cells) == 18 and all((c / "result.json").is_file() for c in cells)
+    assert len(list((out / "pretrain").iterdir())) == 6
+    assert paths["png"].stat().st_size > 1000
+    # CSV: mean and sample std over seeds 0, 1, 2 of kappa = base + 0.1 f + 0.01 s
+    rows = {(r["method"], float(r["fraction"])): r for r in csv.DictReader(paths["csv"].open())}
+    r = rows[("glcnet", 0.01)]
+    assert float(r["kappa_mean"]) == pytest.approx(0.60 + 0.001 + 0.01)
+    assert float(r["kappa_std"]) == pytest.approx(0.01)  # std of (0, .01, .02) with n - 1
+    assert (r["n_done"], r["n_failed"]) == ("3", "0")
+    assert len(r["cells"].split(";")) == 3
+    # markdown: paper order (none, simclr, glcnet) whatever the config order, GLCNet best and bold
+    md = paths["md"].read_text()
+    rows_md = [ln for ln in md.splitlines() if ln.startswith("| ") and "@" not in ln and "folder" not in ln]
+    assert [ln.split(" | ")[0] for ln in rows_md[:3]] == ["| Random init", "| SimCLR", "| GLCNet"]
+    glc = next(ln for ln in rows_md if ln.startswith("| GLCNet"))
+    assert f"**{100 * (0.611):.2f} ± 1.00**" in glc
+    assert "**" not in next(ln for ln in rows_md if ln.startswith("| SimCLR"))
+    assert "(cells/glcnet-f0.01-s0-" in md
+
+
+def test_rerun_skips_and_config_change_reruns(fake, cfg):
+    grid.run(cfg, log=lambda s: None)
+    fake.calls.clear()
+    grid.run(cfg, log=lambda s: None)
+    assert fake.calls == []  # unchanged config: every cell skipped
+    cfg.finetune.optim.lr = 5e-4  # changes every cell, no pretraining
+    cfg.pretrain.trainer.progress = False  # no effect on results: not in the hash
+    grid.run(cfg, log=lambda s: None)
+    assert fake.count("pretrain") == 0 and fake.count("finetune") == 18
+    fake.calls.clear()
+    cfg.pretrain.optim.epochs = 3  # new pretrainings, and new cells for the pretrained methods only
+    grid.run(cfg, log=lambda s: None)
+    assert fake.count("pretrain") == 6 and fake.count("finetune") == 12
+    assert {c[1] for c in fake.calls if c[0] == "evaluate"} == {"simclr", "glcnet"}
+
+
+def test_failed_cell_is_isolated_and_retried(fake, cfg):
+    fake.fail = {("evaluate", "simclr", 0.1), ("pretrain", "glcnet")}
+    paths = grid.run(cfg, log=lambda s: None)
+    out = Path(cfg.out)
+    assert fake.count("pretrain") == 3 + 3  # glcnet's failed pretraining is not retried per fraction
+    failed = sorted(p.name.rsplit("-", 1)[0] for p in (out / "cells").glob("*/error.txt") for p in [p.parent])
+    assert failed == [f"glcnet-f{f}-s{s}" for f in ("0.01", "0.1") for s in range(3)] + [
+        f"simclr-f0.1-s{s}" for s in range(3)]
+    assert "boom in evaluation" in next((out / "cells").glob("simclr-f0.1-s0-*/error.txt")).read_text()
+    md = paths["md"].read_text()
+    assert "failed: " in md and "boom in pretraining" in md
+    rows = {(r["method"], float(r["fraction"])): r for r in csv.DictReader(paths["csv"].open())}
+    assert rows[("simclr", 0.1)]["n_failed"] == "3" and rows[("simclr", 0.1)]["kappa_mean"] == ""
+    assert rows[("simclr", 0.01)]["n_done"] == "3"
+    # fixed: the rerun redoes only the failed cells
+    fake.fail.clear()
+    fake.calls.clear()
+    paths = grid.run(cfg, log=lambda s: None)
+    assert fake.count("pretrain") == 3 and fake.count("finetune") == 6  # simclr's models were kept
+    assert fake.count("evaluate") == 6 + 3
+    assert not list((out / "cells").glob("*/error.txt"))
+    assert "failed" not in paths["md"].read_text()
+
+
+def test_killed_runs_resume_and_stale_folders_are_cleared(fake, cfg):
+    g = grid.Grid(cfg, log=lambda s: None)
+    killed = g.pretrain_dir("simclr", 0)
+    (killed / "checkpoints").mkdir(parents=True)
+    (killed / "checkpoints" / "last.ckpt").write_text("state")
+    (killed / "pretrained.pt").write_text("written every epoch: not a sign of completion")
+    stale = g.pretrain_dir("glcnet", 0)  # killed before its first checkpoint
+    stale.mkdir(parents=True)
+    (stale / "junk").write_text("x")
+    ft_killed = g.cell_dir("none", 0.1, 1) / "finetune"
+    (ft_killed / "checkpoints").mkdir(parents=True)
+    (ft_killed / "checkpoints" / "last.ckpt").write_text("state")
+    grid.run(cfg, log=lambda s: None)
+    pre = {(c[1], c[2]): c[3] for c in fake.calls if c[0] == "pretrain"}
+    assert pre[("simclr", 0)] is True and pre[("glcnet", 0)] is False and pre[("simclr", 1)] is False
+    assert not (stale / "junk").exists()
+    ft = {(c[1], c[2], c[3]): c[4] for c in fake.calls if c[0] == "finetune"}
+    assert ft[("none", 0.1, 1)] is True and ft[("none", 0.01, 1)] is False
+
+
+def test_hash_keys_only_non_default_settings():
+    from glcnet.config import FinetuneConfig
+
+    assert grid._hashable(FinetuneConfig()) == {}  # a field added later with its default changes no hash
+    c = FinetuneConfig(out="elsewhere", data="other/path", seed=2)
+    c.optim.lr, c.trainer.progress = 0.01, False
+    assert grid._hashable(c) == {"seed": 2, "optim.lr": 0.01}  # not out, data (by content) or progress
+    assert grid.short_hash({"a": 1, "b": [1, 2]}) == grid.short_hash({"b": [1, 2], "a": 1})
+
+
+def test_only_table_runs_nothing(fake, cfg):
+    paths = grid.run(cfg, only_table=True, log=lambda s: None)
+    assert fake.calls == []
+    md = paths["md"].read_text()
+    assert md.count("| pending |") == 18
+    assert "| Random init | – |" in md
+
+
+def test_config_errors_are_one_line(fake, cfg, tmp_path):
+    cfg.methods = ["none", "byol"]
+    with pytest.raises(GlcnetError, match="unknown method 'byol' \\(valid: none, simclr, mocov2, glcnet\\)"):
+        grid.run(cfg)
+    cfg.methods = ["none"]
+    cfg.fractions = [0.05]
+    with pytest.raises(GlcnetError, match="splits.json: no labelled subset for fraction 0.05 \\(has: 0.01, 0.1, 1;"):
+        grid.run(cfg)
+    cfg.data = str(tmp_path)
+    with pytest.raises(GlcnetError, match="not a prepared data set"):
+        grid.run(cfg)
+    cfg.data = str(Path(cfg.out).parent / "prepared")
+    cfg.fractions = [0.01]
+    cfg.finetune.model.encoder = "resnet50"
+    with pytest.raises(GlcnetError, match="pretrain.model and finetune.model differ"):
+        grid.run(cfg)
+    assert not Path(cfg.out).exists()  # nothing written before the checks pass
+
+
+def test_summary_and_markdown_by_hand():
+    cells = [CellResult("simclr", 0.01, s, f"c/s{s}", "done", {"kappa": k, "miou": 0.3, "oa": 0.8, "mean_f1": 0.4})
+             for s, k in enumerate([0.50, 0.60, 0.70])]
+    cells += [CellResult("none", 0.01, 0, "c/n0", "done", {"kappa": 0.65, "miou": 0.35, "oa": 0.7, "mean_f1": 0.5}),
+              CellResult("none", 0.01, 1, "c/n1", "failed", error="oops")]
+    s = summarise(cells)
+    assert s[("simclr", 0.01)].mean["kappa"] == pytest.approx(0.6)
+    assert s[("simclr", 0.01)].std["kappa"] == pytest.approx(0.1)
+    assert math.isnan(s[("none", 0.01)].std["kappa"]) and s[("none", 0.01)].n_failed == 1
+    md = markdown(cells)
+    none_row = next(ln for ln in md.splitlines() if ln.startswith("| Random init |"))
+    simclr_row = next(ln for ln in md.splitlines() if ln.startswith("| SimCLR |"))
+    # Kappa: none 65.00 (1 of 2 seeds) beats simclr 60.00; OA: simclr best
+    assert none_row.split(" | ")[1] == "**65.00 (n=1/2)**"
+    assert simclr_row.split(" | ")[1] == "60.00 ± 10.00"
+    assert simclr_row.split(" | ")[3] == "**80.00 ± 0.00**"
+    assert "failed: oops" in md
+
+
+def test_cli_errors_in_one_line(cli, tmp_path):
+    p = cli("experiment", "--config", tmp_path / "missing.yaml", check=False)
+    assert p.returncode == 2 and p.stderr.startswith(f"error: {tmp_path / 'missing.yaml'}: config file not found")
+    assert len(p.stderr.strip().splitlines()) == 1
+    p = cli("experiment", f"data={tmp_path}", check=False)
+    assert p.returncode == 2 and "not a prepared data set" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_experiment_configs_load():
+    for name in ("experiment_cpu.yaml", "experiment_potsdam_paper.yaml"):
+        c = load_config(ExperimentConfig, REPO / "configs" / name)
+        assert c.pretrain.model == c.finetune.model and len(c.seeds) >= 3
+    paper = load_config(ExperimentConfig, REPO / "configs" / "experiment_potsdam_paper.yaml")
+    assert paper.pretrain.model.encoder == "resnet50" and paper.pretrain.optim.epochs == 400
+    assert paper.fractions == [0.01, 0.05, 0.1, 0.2, 1.0]
+
+
+STAGES = ["glcnet.data.prepare", "glcnet.ssl.pretrain", "glcnet.finetune.train", "glcnet.finetune.evaluate"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not all(importlib.util.find_spec(m) for m in STAGES), reason="pipeline stages not all present yet")
+def test_demo_quick_end_to_end(cli, tmp_path):
+    p = cli("demo", "--quick", "--out", tmp_path / "demo")
+    assert "SYNTHETIC" in p.stdout and "report:" in p.stdout
+    exp = tmp_path / "demo" / "experiment"
+    md = (exp / "results.md").read_text()
+    assert "SYNTHETIC" in md
+    for row in ("| Random init |", "| SimCLR |", "| GLCNet |"):
+        line = next(ln for ln in md.splitlines() if ln.startswith(row))
+        kappa = line.split(" | ")[1].strip("*").split()[0]
+        assert -100 <= float(kappa) <= 100  # a number, not "failed"
+    rows = list(csv.DictReader((exp / "results.csv").open()))
+    assert {r["method"] for r in rows} == {"none", "simclr", "glcnet"}
+    assert all(r["n_done"] == "1" and r["kappa_mean"] for r in rows)
+    assert (exp / "kappa_vs_fraction.png").stat().st_size > 1000
+    assert (tmp_path / "demo" / "synthetic_raw" / "README.txt").is_file()
+    # rerun: every cell is skipped (results keyed by config hash)
+    p = cli("demo", "--quick", "--out", tmp_path / "demo")
+    assert "pretrain " not in p.stdout and p.stdout.count(": done") == 3
