@@ -231,10 +231,10 @@ def test_cli_errors_in_one_line(cli, tmp_path):
 
 
 def test_experiment_configs_load():
-    for name in ("experiment_cpu.yaml", "experiment_potsdam_paper.yaml"):
-        c = load_config(ExperimentConfig, REPO / "configs" / name)
+    for name in ("experiment_cpu", "experiment_potsdam_paper"):
+        c = load_config(ExperimentConfig, name)  # packaged configs resolve by name
         assert c.pretrain.model == c.finetune.model and len(c.seeds) >= 3
-    paper = load_config(ExperimentConfig, REPO / "configs" / "experiment_potsdam_paper.yaml")
+    paper = load_config(ExperimentConfig, "experiment_potsdam_paper")
     assert paper.pretrain.model.encoder == "resnet50" and paper.pretrain.optim.epochs == 400
     assert paper.fractions == [0.01, 0.05, 0.1, 0.2, 1.0]
 

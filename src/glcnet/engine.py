@@ -132,8 +132,9 @@ def build_trainer(
             cbs.append(EarlyStopping(monitor=monitor, mode=mode, patience=early_stop))
     cbs += [
         # monitor=None + save_top_k=1: keep only the latest, under the fixed name last.ckpt
+        # at every train-epoch end, also in epochs without validation (val_every > 1)
         ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False,
-                        every_n_epochs=max(1, tcfg.checkpoint_every)),
+                        every_n_epochs=max(1, tcfg.checkpoint_every), save_on_train_epoch_end=True),
         RngState(),
     ]
     cbs.append(LearningRateMonitor(logging_interval="step"))

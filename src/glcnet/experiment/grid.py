@@ -238,7 +238,7 @@ def run(cfg: ExperimentConfig, only_table: bool = False, title: str = "", note: 
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="experiment YAML (e.g. configs/experiment_cpu.yaml)")
+    parser.add_argument("--config", help="experiment YAML or packaged config name (experiment_cpu, experiment_potsdam_paper)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. seeds=[0,1] pretrain.optim.epochs=5")
     parser.add_argument("--only-table", action="store_true", help="rebuild the tables from finished cells; run nothing")
 

@@ -143,7 +143,7 @@ def run(cfg: PretrainConfig, resume: bool = False) -> Path:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML config (see configs/pretrain_*.yaml)")
+    parser.add_argument("--config", help="YAML config or packaged config name (pretrain_cpu, pretrain_paper)")
     parser.add_argument("--data", help="prepared data set folder (overrides data:)")
     parser.add_argument("--out", help="run directory (overrides out:)")
     parser.add_argument("--method", help="glcnet, glcnet_no_style, glcnet_no_global, glcnet_no_local, "
