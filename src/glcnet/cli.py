@@ -62,12 +62,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _quiet_libraries() -> None:
-    """Keep Lightning's start-up chatter (tips, accelerator lines) out of the user's terminal."""
-    import logging
+    """Keep library warnings that say nothing to a user out of the terminal (see also engine.py)."""
     import warnings
 
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")

@@ -8,6 +8,7 @@ state, RNG) written every ``checkpoint_every`` epochs for ``--resume``.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
@@ -24,6 +25,11 @@ from lightning.pytorch.utilities import rank_zero_only
 from glcnet.config import OptimConfig, TrainerConfig
 from glcnet.errors import GlcnetError
 from glcnet.runs import RunDir
+
+# Lightning sets its loggers to INFO when imported: keep its start-up chatter (tips,
+# "GPU available" lines) out of the user's terminal; warnings and errors still show.
+for _name in ("lightning.pytorch", "lightning.fabric"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 
 def seed_everything(seed: int) -> None:
