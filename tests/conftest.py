@@ -40,6 +40,17 @@ def run_cli(*args: str, check: bool = True, timeout: float = 600, env: dict | No
     return p
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors on a 2-core machine: one intra-op thread avoids OpenMP spin contention."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def cli():
     return run_cli

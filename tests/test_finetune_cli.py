@@ -7,7 +7,6 @@ entry point (``glcnet.cli.main``) in-process to save interpreter start-ups."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

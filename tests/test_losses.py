@@ -20,13 +20,7 @@ from glcnet.losses import (
 from glcnet.models.heads import JigsawHead, ProjectionHead, ReconstructionHead
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors on a shared 2-core machine: one intra-op thread avoids OpenMP spin contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cos(a: torch.Tensor, b: torch.Tensor) -> float:

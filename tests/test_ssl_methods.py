@@ -18,13 +18,7 @@ from glcnet.ssl.inpainting import block_mask
 from glcnet.ssl.jigsaw import max_hamming_permutations
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors on a shared 2-core machine: one intra-op thread avoids OpenMP spin contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TERMS = {

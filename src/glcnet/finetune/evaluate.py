@@ -21,9 +21,9 @@ import torch
 from glcnet.config import EvalConfig, to_dict
 from glcnet.errors import GlcnetError
 from glcnet.finetune.metrics import compute_metrics, confusion_matrix
-from glcnet.finetune.predict import inference_fn, resolve_device
+from glcnet.finetune.predict import add_inference_args, inference_fn, resolve_device
 from glcnet.finetune.report import save_png, scene_panel, write_report
-from glcnet.finetune.sliding import BLENDS, check_window, sliding_classes
+from glcnet.finetune.sliding import check_window, sliding_classes
 from glcnet.finetune.weights import load_model
 from glcnet.utils.atomic import atomic_dir
 
@@ -90,18 +90,12 @@ def run(ckpt: str | Path, data: str | Path | None = None, split: str = "test", c
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    d = EvalConfig()
     parser.add_argument("--ckpt", required=True, help="model.pt written by glcnet finetune")
     parser.add_argument("--data", help="prepared data set (default: the one the model was fine-tuned on)")
     parser.add_argument("--split", default="test", help="scenes to evaluate: test (default) or val")
     parser.add_argument("--out", help="report folder (default: CKPT_DIR/eval_SPLIT)")
-    parser.add_argument("--window", type=int, default=d.window)
-    parser.add_argument("--stride", type=int, default=d.stride)
-    parser.add_argument("--blend", choices=BLENDS, default=d.blend)
-    parser.add_argument("--tta", action="store_true", help="average over horizontal/vertical flips")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    add_inference_args(parser)
     parser.add_argument("--no-isprs", action="store_true", help="skip the ISPRS-convention metrics")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 ...")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -125,18 +125,23 @@ def predict_raster(model: torch.nn.Module, ckpt: dict[str, Any], path: str | Pat
 
 
 # ----------------------------------------------------------------------------- CLI
-def configure(parser: argparse.ArgumentParser) -> None:
+def add_inference_args(parser: argparse.ArgumentParser) -> None:
+    """Sliding-window options shared by ``predict`` and ``evaluate`` (defaults from EvalConfig)."""
     d = EvalConfig()
-    parser.add_argument("inputs", nargs="+", metavar="IN", help="rasters (GeoTIFF, PNG, ...) with the model's bands")
-    parser.add_argument("--ckpt", required=True, help="model.pt written by glcnet finetune")
-    parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--window", type=int, default=d.window)
     parser.add_argument("--stride", type=int, default=d.stride)
     parser.add_argument("--blend", choices=BLENDS, default=d.blend)
     parser.add_argument("--tta", action="store_true", help="average over horizontal/vertical flips")
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
-    parser.add_argument("--probs", action="store_true", help="also write IN_probs.tif (uint8, 255 * p)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 ...")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="IN", help="rasters (GeoTIFF, PNG, ...) with the model's bands")
+    parser.add_argument("--ckpt", required=True, help="model.pt written by glcnet finetune")
+    parser.add_argument("--out", required=True, help="output folder")
+    add_inference_args(parser)
+    parser.add_argument("--probs", action="store_true", help="also write IN_probs.tif (uint8, 255 * p)")
     parser.add_argument("--no-progress", action="store_true")
 
 
