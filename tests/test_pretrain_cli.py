@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from glcnet.cli import main as cli_main
-from glcnet.models import DeepLab
+from glcnet.config import ModelConfig
+from glcnet.models import build_model
 
 from conftest import run_cli
 
@@ -60,7 +61,7 @@ def test_method_learns_without_collapse(potsdam, tmp_path, method, extra, skip):
     assert std[-1] > 0.02, f"{method}: embeddings collapsed (std {std})"
     ckpt = torch.load(out / "pretrained.pt", weights_only=True)
     assert ckpt["kind"] == "pretrained" and ckpt["method"] == method and ckpt["in_channels"] == 4
-    net = DeepLab(ckpt["model"]["encoder"], in_channels=4, num_classes=0)
+    net = build_model(ModelConfig(**ckpt["model"]), in_channels=4)  # the architecture it records
     net.load_state_dict(ckpt["state_dict"], strict=True)
     for f in ("config.yaml", "run.json", "checkpoints/last.ckpt"):
         assert (out / f).is_file()
