@@ -106,3 +106,5 @@ def test_bad_inputs(potsdam, tmp_path):
     p = run_cli("pretrain", "--config", "pretrain_cpu", "--data", potsdam, "--out", tmp_path / "z",
                 "views.size=100", check=False)
     assert p.returncode == 2 and "views.size" in p.stderr
+    p = run_cli("pretrain", "--data", potsdam, "--out", tmp_path / "t", "method.temperature=0", check=False)
+    assert p.returncode == 2 and "method.temperature" in p.stderr and "Traceback" not in p.stderr

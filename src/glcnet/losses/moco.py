@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from glcnet.errors import GlcnetError
+
 
 class MoCoInfoNCE(nn.Module):
     """``loss = mean_i CE([q_i.k_i, q_i.Q_1..Q_K] / t, 0)`` (see module doc)."""
@@ -22,7 +24,7 @@ class MoCoInfoNCE(nn.Module):
     def __init__(self, temperature: float = 0.2):
         super().__init__()
         if temperature <= 0:
-            raise ValueError(f"InfoNCE temperature must be > 0, got {temperature}")
+            raise GlcnetError(f"InfoNCE temperature (method.moco_temperature) must be > 0, got {temperature}")
         self.temperature = temperature
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from glcnet.errors import GlcnetError
 from glcnet.utils import dist
 
 Gather = Callable[[torch.Tensor], torch.Tensor]
@@ -39,7 +40,7 @@ class NTXentLoss(nn.Module):
     def __init__(self, temperature: float = 0.5):
         super().__init__()
         if temperature <= 0:
-            raise ValueError(f"NT-Xent temperature must be > 0, got {temperature}")
+            raise GlcnetError(f"NT-Xent temperature (method.temperature) must be > 0, got {temperature}")
         self.temperature = temperature
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor, gather: Gather = _identity,
