@@ -134,3 +134,19 @@ def test_not_a_prepared_folder(tmp_path, prepared):
     (tmp_path / "dataset.json").write_text((prepared.root / "dataset.json").read_text())
     with pytest.raises(GlcnetError, match="splits.json: missing"):
         PreparedDataset(tmp_path)
+
+
+def test_uint8_tiles_only_for_8bit_data(prepared, tmp_path):
+    assert not prepared.is_8bit  # uint16 with percentile ranges: floats, whatever is asked
+    assert TileDataset(prepared, ("train",), uint8=True)[0]["image"].dtype == torch.float32
+    rng = np.random.default_rng(0)
+    for d in ("images", "masks"):
+        (tmp_path / "raw" / d).mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (H, W, 3), dtype=np.uint8)).save(tmp_path / "raw/images" / f"s{i}.png")
+        Image.fromarray(rng.integers(0, 2, (H, W), dtype=np.uint8)).save(tmp_path / "raw/masks" / f"s{i}.png")
+    ds = PreparedDataset(prepare("generic", tmp_path / "raw", tmp_path / "out", tile_size=32, seed=0,
+                                 classes=["a", "b"], split_ratios=(0.34, 0.33, 0.33)))
+    assert ds.is_8bit
+    raw, scaled = TileDataset(ds, ("train",), uint8=True)[1]["image"], TileDataset(ds, ("train",))[1]["image"]
+    assert raw.dtype == torch.uint8 and torch.equal(raw.float() / 255, scaled)

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from glcnet.config import ViewConfig
 from glcnet.data.views import (LUMA, ViewCollate, ViewGenerator, Views, color_matrices, gaussian_blur,
-                               map_points, render, sample_patches)
+                               map_points, random_boxes, render, sample_patches)
+from glcnet.data.views_uint8 import flip_rot_dims, render_uint8
 from glcnet.errors import GlcnetError
 
 NO_PHOTO = dict(p_jitter=0.0, p_gray=0.0, p_blur=0.0)
@@ -191,6 +192,82 @@ def test_patches_reproducible_per_seed():
         sample_patches(views, 0, 10)
 
 
+# ----------------------------------------------------------------------------- uint8 CPU path
+def test_random_boxes_are_integer_crops_of_the_allowed_shapes():
+    boxes = random_boxes(4000, 60, 80, (0.3, 1.0), (0.75, 1.33), torch.Generator().manual_seed(0))
+    assert torch.equal(boxes, boxes.round())
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 80).all() and (boxes[:, 3] <= 60).all() and (w >= 1).all()
+    area = w * h / (60 * 80)
+    assert area.min() > 0.3 - 0.03 and area.max() <= 1 and (w / h).min() > 0.75 - 0.05 and (w / h).max() < 1.33 + 0.05
+    assert boxes[:, 0].unique().numel() > 10 and boxes[:, 1].unique().numel() > 10  # placed anywhere
+    tall = random_boxes(10, 10, 100, (0.99, 1.0), (1.0, 1.0))  # nothing square fits: clamped central crop
+    assert torch.equal(tall, torch.tensor([[45.0, 0, 55, 10]]).expand(10, 4))
+
+
+def test_flip_rot_dims_is_the_composed_transform():
+    x = torch.arange(2 * 5 * 5).reshape(2, 5, 5)
+    for h in (False, True):
+        for v in (False, True):
+            for k in range(4):
+                want = x.flip(-1) if h else x
+                want = want.flip(-2) if v else want
+                want = torch.rot90(want, k, dims=(-2, -1))
+                dims, transpose = flip_rot_dims(h, v, k)
+                got = x.flip(dims) if dims else x
+                assert torch.equal(got.mT if transpose else got, want), (h, v, k)
+
+
+@pytest.mark.parametrize("bands", [1, 3, 4, 6])
+def test_uint8_path_equals_the_float_path_up_to_rounding(bands):
+    """Same parameters, same geometry for every flip/rotation; values within the uint8 rounding."""
+    g = torch.Generator().manual_seed(bands)
+    x8 = torch.randint(0, 256, (16, bands, 50, 60), dtype=torch.uint8, generator=g)
+    x8 = x8.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2) if bands == 4 else x8  # NHWC input too
+    rgb = (0, 1, 2) if bands >= 3 else None
+    geo = ViewConfig(size=40, ratio=(0.5, 2.0), rgb_bands=rgb, **NO_PHOTO)
+    a = ViewGenerator(geo)(x8, torch.Generator().manual_seed(0))
+    b = ViewGenerator(geo)(x8.float() / 255, torch.Generator().manual_seed(0))
+    assert a.view1.dtype == torch.float32 and a.view1.shape == (16, bands, 40, 40)
+    assert a.rot.unique().numel() > 2 and a.hflip.any() and not a.hflip.all()
+    assert all(torch.equal(getattr(a, f), getattr(b, f)) for f in ("box1", "box2", "hflip", "vflip", "rot"))
+    assert (a.view1 - b.view1).abs().max() <= 1.01 / 255 and (a.view2 - b.view2).abs().max() <= 1.01 / 255
+    full = ViewConfig(size=40, rgb_bands=rgb, p_jitter=1.0, p_gray=0.3, p_blur=0.5)
+    a = ViewGenerator(full)(x8, torch.Generator().manual_seed(1))
+    b = ViewGenerator(full)(x8.float() / 255, torch.Generator().manual_seed(1))
+    assert a.view2.min() >= 0 and a.view2.max() <= 1
+    assert (a.view2 - b.view2).abs().max() <= 3 / 255  # colour gains up to 1.4 x contrast 1.4 on the rounding
+
+
+def test_uint8_path_correspondence_against_coordinate_ramps():
+    """Brute force through the uint8 kernel: bands hold each pixel's row and column, so a
+    view pixel's value is the source position it shows (bilinear of a ramp is exact)."""
+    height, width, s = 60, 56, 48
+    rows = torch.arange(height, dtype=torch.uint8)[:, None].expand(height, width)
+    cols = torch.arange(width, dtype=torch.uint8)[None, :].expand(height, width)
+    x8 = torch.stack([rows, cols, rows]).expand(16, 3, height, width).contiguous()
+    cfg = ViewConfig(size=s, scale=(0.3, 1.0), ratio=(0.6, 1.6), rgb_bands=None, **NO_PHOTO)
+    views = all_combos(ViewGenerator(cfg)(x8, torch.Generator().manual_seed(0)))
+    p = {"box1": views.box1, "box2": views.box2, "hflip": views.hflip, "vflip": views.vflip, "rot": views.rot,
+         "a": torch.eye(3).expand(16, 3, 3), "k": torch.zeros(16, 3, 3), "blur": torch.zeros(16, dtype=torch.bool),
+         "sigma": torch.ones(16), "radius": torch.ones(16, dtype=torch.long)}
+    view1, view2 = render_uint8(x8, p, s, chunk=5)  # re-rendered with all 16 flip/rotation combinations
+    b1, _, valid = sample_patches(views, 4, 8, torch.Generator().manual_seed(1))
+    assert valid.all(1).sum() > 8
+    ctr = (b1[..., :2] + b1[..., 2:]) / 2  # [B, P, 2] (x, y) view-1 points
+    q = map_points(views, ctr)
+
+    def pos(view: torch.Tensor, pt: torch.Tensor) -> torch.Tensor:  # (row, col) shown at the pixel holding pt
+        ij = pt.floor().long().clamp(0, s - 1)
+        bi = torch.arange(16)[:, None]
+        return torch.stack([view[bi, 0, ij[..., 1], ij[..., 0]], view[bi, 1, ij[..., 1], ij[..., 0]]], -1) * 255
+
+    d = (pos(view1, ctr) - pos(view2, q)).abs()[valid]
+    assert d.max() <= 2.0, d.max()  # one pixel of each view + rounding
+    wrong = map_points(dataclasses.replace(views, hflip=~views.hflip), ctr).clamp(0, s - 1e-3)
+    assert (pos(view1, ctr) - pos(view2, wrong)).abs()[valid].max() > 5  # the test has teeth
+
+
 # ----------------------------------------------------------------------------- photometric
 def test_view1_untouched_and_view2_purely_geometric_without_photometric():
     x = torch.rand(6, 5, 50, 60)
@@ -295,8 +372,8 @@ def test_generator_reproducible_and_bad_input():
     finally:
         torch.set_num_threads(threads)
     assert torch.allclose(chunked.view1, a.view1, atol=1e-6) and torch.allclose(chunked.view2, a.view2, atol=1e-6)
-    with pytest.raises(GlcnetError, match="float batch"):
-        gen((x * 255).to(torch.uint8))
+    with pytest.raises(GlcnetError, match="float tiles"):
+        gen((x * 255).to(torch.int32))
     with pytest.raises(GlcnetError, match="rgb_bands"):
         gen(torch.rand(2, 2, 40, 40))
     with pytest.raises(GlcnetError, match="views.scale"):
@@ -360,3 +437,12 @@ def test_reference_baseline_finds_matching_centres():
     assert img1.shape == img2.shape == (48, 48, 4) and lbl1.shape == lbl2.shape == (48, 48)
     idx = get_index(lbl1.astype(np.float32), lbl2.astype(np.float32), 8, 4, random.Random(0)).astype(int)
     assert (lbl1[idx[:, 0], idx[:, 1]] == lbl2[idx[:, 2], idx[:, 3]]).all()
+
+
+def test_keep_freed_memory_can_be_turned_off(monkeypatch):
+    from glcnet.utils.memory import keep_freed_memory
+
+    monkeypatch.setenv("GLCNET_ALLOCATOR", "system")
+    assert keep_freed_memory() is False
+    monkeypatch.setenv("GLCNET_ALLOCATOR", "reuse")
+    assert isinstance(keep_freed_memory(), bool)  # True on glibc; other libcs are left alone

@@ -73,6 +73,14 @@ class PreparedDataset:
     value_range = property(lambda self: [list(v) for v in self.meta["value_range"]])
     fractions = property(lambda self: [float(k) for k in self.split_info.get("labelled", {})])
 
+    @property
+    def is_8bit(self) -> bool:
+        """True when the raw values are uint8 with value range [0, 255] on every band, so that
+        ``raw / 255`` is the scaled image (loaders may then pass raw uint8 tiles on)."""
+        scenes = list(self._scenes)
+        return (bool(scenes) and self.raw(scenes[0]).dtype == np.uint8
+                and all(list(v) == [0, 255] for v in self.value_range))
+
     def scenes(self, split: str | Sequence[str] | None = None) -> list[str]:
         """Scene names of one split (or several; all when None), in file order."""
         splits = (split,) if isinstance(split, str) else split
@@ -140,14 +148,19 @@ class PreparedDataset:
 class TileDataset(torch.utils.data.Dataset):
     """Tiles as ``{"image": float32 [C, h, w] in [0, 1], "mask": int64 [h, w]}``.
 
+    ``uint8``: on 8-bit data (:attr:`PreparedDataset.is_8bit`) the image is the raw uint8
+    tile, meaning ``value / 255`` (a quarter of the bytes; :class:`~glcnet.data.views.ViewGenerator`
+    takes it as is); other data stays float.
+
     ``crop``: random ``crop`` x ``crop`` window inside each tile; ``augment``: random
     horizontal/vertical flips and rotation by k*90 degrees (image and mask alike), drawn
     from torch's RNG (seeded per DataLoader worker). Unlabeled tiles get an all-255 mask.
     """
 
     def __init__(self, ds: PreparedDataset, splits: str | Sequence[str] = ("train",), fraction: float | None = None,
-                 with_mask: bool = True, crop: int | None = None, augment: bool = False):
+                 with_mask: bool = True, crop: int | None = None, augment: bool = False, uint8: bool = False):
         self.ds, self.with_mask, self.crop, self.augment = ds, with_mask, crop, augment
+        self.uint8 = uint8 and ds.is_8bit
         self.items = ds.tiles(splits, fraction)
         if not self.items:
             raise GlcnetError(f"{ds.root}: no tiles in split(s) {splits}"
@@ -166,8 +179,8 @@ class TileDataset(torch.utils.data.Dataset):
             x += int(torch.randint(0, w - self.crop + 1, ()))
             y += int(torch.randint(0, h - self.crop + 1, ()))
             w = h = self.crop
-        image = torch.from_numpy(scale(np.asarray(self.ds.raw(t.scene)[:, y:y + h, x:x + w]),
-                                       self.ds.value_range))  # [C, h, w]
+        raw = np.asarray(self.ds.raw(t.scene)[:, y:y + h, x:x + w])
+        image = torch.from_numpy(raw.copy() if self.uint8 else scale(raw, self.ds.value_range))  # [C, h, w]
         out = {"image": image}
         if self.with_mask:
             m = self.ds.mask(t.scene)

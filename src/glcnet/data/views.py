@@ -125,7 +125,8 @@ def render(images: Tensor, boxes: Tensor, size: int, hflip: Tensor | None = None
     """Crop ``boxes`` [B, 4] of ``images`` [B, C, H, W], resize to ``size``, flip, rotate.
 
     One ``grid_sample`` for the whole batch: output pixel centre ``q`` samples the source
-    at ``S G^-1 q`` (flips/rotation folded into the sampling grid, never copied).
+    at ``S G^-1 q`` (flips/rotation folded into the sampling grid, never copied), clamped
+    to the box's outermost pixel centres, so that pixels outside the box never leak in.
     ``mode="nearest"`` renders index maps exactly (pixel ``floor`` of that point).
     """
     b, _, height, width = images.shape
@@ -144,34 +145,43 @@ def render(images: Tensor, boxes: Tensor, size: int, hflip: Tensor | None = None
     # grid[b, i, j] = theta[b] @ (lin[j], lin[i], 1): one broadcast add of [B,1,s,2] + [B,s,1,2]
     cols = theta[:, None, None, :, 0] * lin[None, None, :, None] + theta[:, None, None, :, 2]
     grid = cols + theta[:, None, None, :, 1] * lin[None, :, None, None]  # [B, s, s, 2]
+    # the crop is resampled on its own (as F.interpolate of the sliced crop, the uint8 path):
+    # sample points clamp to the box's outermost pixel centres [x0 + 1/2, x1 - 1/2]
+    b4 = boxes.float().to(images.device)
+    scale = torch.tensor([2.0 / width, 2.0 / height], device=images.device)
+    lo = ((b4[:, :2] + 0.5) * scale - 1).to(images.dtype)[:, None, None]  # [B, 1, 1, 2]
+    hi = torch.maximum(((b4[:, 2:] - 0.5) * scale - 1).to(images.dtype)[:, None, None], lo)
+    grid = torch.minimum(torch.maximum(grid, lo), hi)
     return F.grid_sample(images, grid, mode=mode, padding_mode="border", align_corners=False)
 
 
 def random_boxes(n: int, height: int, width: int, scale: tuple[float, float],
                  ratio: tuple[float, float], generator: torch.Generator | None = None,
                  attempts: int = 10) -> Tensor:
-    """RandomResizedCrop boxes [n, 4] (CPU float32), torchvision's rule, vectorised.
+    """RandomResizedCrop boxes [n, 4] (CPU float32, integer-valued), torchvision's rule, vectorised.
 
     Up to ``attempts`` tries per box: area ``A ~ U(scale) H W``, ratio ``r = exp(U(log ratio))``,
-    ``w = sqrt(A r)``, ``h = sqrt(A / r)``; the first try with ``w <= W, h <= H`` is placed
-    uniformly; if none fits, the central crop of the ratio-clamped whole tile. Not rounded.
+    ``w = round(sqrt(A r))``, ``h = round(sqrt(A / r))``; the first try with ``1 <= w <= W``,
+    ``1 <= h <= H`` is placed uniformly on the integer grid; if none fits, the central crop of
+    the ratio-clamped whole tile. Integer boxes let the uint8 path crop by slicing
+    (:mod:`glcnet.data.views_uint8`); the correspondence maths does not need them.
     """
     area = torch.empty(n, attempts).uniform_(*scale, generator=generator) * (height * width)
     logr = torch.empty(n, attempts).uniform_(math.log(ratio[0]), math.log(ratio[1]),
                                              generator=generator)
-    w, h = (area * logr.exp()).sqrt(), (area / logr.exp()).sqrt()  # [n, attempts]
-    ok = (w <= width) & (h <= height)
+    w, h = (area * logr.exp()).sqrt().round(), (area / logr.exp()).sqrt().round()  # [n, attempts]
+    ok = (w >= 1) & (h >= 1) & (w <= width) & (h <= height)
     first = ok.int().argmax(1, keepdim=True)  # first fitting attempt
     w, h = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0]
     # fallback: whole tile, clamped to the ratio range, centred
-    fw = min(float(width), height * ratio[1])
-    fh = min(float(height), width / ratio[0])
+    fw = max(1.0, round(min(float(width), height * ratio[1])))
+    fh = max(1.0, round(min(float(height), width / ratio[0])))
     found = ok.any(1)
     w = torch.where(found, w, torch.full_like(w, fw))
     h = torch.where(found, h, torch.full_like(h, fh))
     pos = torch.rand(n, 2, generator=generator)
-    x0 = torch.where(found, pos[:, 0] * (width - w), (width - w) / 2)
-    y0 = torch.where(found, pos[:, 1] * (height - h), (height - h) / 2)
+    x0 = torch.where(found, (pos[:, 0] * (width - w + 1)).floor().clamp(max=width - w), ((width - w) / 2).floor())
+    y0 = torch.where(found, (pos[:, 1] * (height - h + 1)).floor().clamp(max=height - h), ((height - h) / 2).floor())
     return torch.stack([x0, y0, x0 + w, y0 + h], 1)
 
 
@@ -278,18 +288,42 @@ def gaussian_blur(x: Tensor, sigma: Tensor, radius: int | None = None) -> Tensor
     """Blur each image of ``x`` [n, C, h, w] with its own ``sigma`` [n] (separable, reflect).
 
     Kernel ``exp(-t^2 / (2 sigma^2))`` for ``|t| <= radius`` (default ``ceil(3 max sigma)``),
-    normalised; one grouped ``conv2d`` per axis over all n*C planes.
+    normalised; each axis is ``sum_t k_t x_shifted(t)``, one fused multiply-add over the
+    whole batch per tap (faster than a grouped ``conv2d`` on the CPU, measured).
     """
     n, c, h, w = x.shape
     r = math.ceil(3 * float(sigma.max())) if radius is None else radius
     r = max(1, min(r, h - 1, w - 1))
     t = torch.arange(-r, r + 1, dtype=torch.float32)
     k = torch.exp(-t[None] ** 2 / (2 * sigma[:, None].float() ** 2))  # [n, 2r+1]
-    k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0).to(x)  # [n*C, 2r+1]
-    y = F.pad(x.reshape(1, n * c, h, w), (0, 0, r, r), mode="reflect")
-    y = F.conv2d(y, k[:, None, :, None], groups=n * c)
-    y = F.pad(y, (r, r, 0, 0), mode="reflect")
-    return F.conv2d(y, k[:, None, None, :], groups=n * c).reshape(n, c, h, w)
+    k = (k / k.sum(1, keepdim=True)).to(x)[:, :, None, None, None]  # [n, 2r+1, 1, 1, 1]
+    xp = F.pad(x, (0, 0, r, r), mode="reflect")  # [n, C, h + 2r, w]
+    y = xp[:, :, :h] * k[:, 0]
+    for j in range(1, 2 * r + 1):
+        y.addcmul_(xp[:, :, j:j + h], k[:, j])
+    yp = F.pad(y, (r, r, 0, 0), mode="reflect")  # [n, C, h, w + 2r]
+    out = yp[..., :w] * k[:, 0]
+    for j in range(1, 2 * r + 1):
+        out.addcmul_(yp[..., j:j + w], k[:, j])
+    return out
+
+
+def color_map(x: Tensor, a: Tensor, k: Tensor, scale: float = 1.0) -> None:
+    """In place on ``x`` [n, C, s, s] (contiguous): ``x <- clamp(scale (A x + K mean(x)), 0, 1)``
+    per sample, with ``A, K`` [n, C, C] from :func:`color_matrices` and ``mean`` over space."""
+    n, c, h, w = x.shape
+    a, k = (a * scale).to(x.device, x.dtype), (k * scale).to(x.device, x.dtype)
+    flat = x.view(n, c, h * w)
+    torch.clamp(torch.baddbmm(k @ flat.mean(2, keepdim=True), a, flat), 0, 1, out=flat)
+
+
+def blur_samples(x: Tensor, blur: Tensor, sigma: Tensor, radius: Tensor) -> None:
+    """In place: :func:`gaussian_blur` of the samples of ``x`` where ``blur`` [n] (CPU bool),
+    each with its ``sigma`` and kernel ``radius`` [n]; one call per distinct radius."""
+    for r in radius[blur].unique().tolist():
+        idx = (blur & (radius == r)).nonzero()[:, 0]
+        i = idx.to(x.device)
+        x.index_copy_(0, i, gaussian_blur(x[i], sigma[idx], r))
 
 
 # ----------------------------------------------------------------------------- generator
@@ -328,11 +362,16 @@ class ViewGenerator:
     (``p_jitter``: per-band brightness/contrast on every band, hue/saturation on
     ``rgb_bands``), grayscale of the RGB bands (``p_gray``) and Gaussian blur
     (``p_blur``, sigma ~ U(blur_sigma) in view pixels); values stay in [0, 1].
-    Works for any band count and on the device of ``images``; stateless, picklable
-    (usable in DataLoader workers, see :class:`ViewCollate`). On one CPU thread the batch
-    is rendered in sub-batches of ``cfg.cpu_chunk`` samples so intermediates stay in cache
-    (measured faster there; with several threads the whole batch is faster); parameters
-    are drawn for the whole batch first, so the result does not depend on the chunking.
+
+    Input: float tiles scaled to [0, 1], or uint8 tiles meaning ``value / 255`` (8-bit data;
+    a quarter of the bytes to load and transfer). Works for any band count and on the
+    device of ``images``: float tiles (and uint8 on a GPU) go through one batched
+    ``grid_sample``; uint8 tiles on the CPU go through :mod:`glcnet.data.views_uint8`
+    (several times faster there; same parameters, values within the uint8 rounding).
+    Stateless, picklable (usable in DataLoader workers, see :class:`ViewCollate`). Float
+    tiles on one CPU thread are rendered in sub-batches of ``cfg.cpu_chunk`` samples so
+    intermediates stay in cache; parameters are drawn for the whole batch first, so the
+    result does not depend on the chunking.
     """
 
     def __init__(self, cfg: ViewConfig):
@@ -342,10 +381,11 @@ class ViewGenerator:
     @torch.no_grad()
     def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Views:
         cfg, g = self.cfg, generator
-        if not isinstance(images, Tensor) or images.ndim != 4 or not images.is_floating_point() \
-                or images.shape[0] == 0:
+        if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[0] == 0 \
+                or not (images.is_floating_point() or images.dtype == torch.uint8):
             what = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, Tensor) else type(images).__name__
-            raise GlcnetError(f"views: expected a float batch [B, C, H, W] scaled to [0, 1], got {what}")
+            raise GlcnetError("views: expected a batch [B, C, H, W] of float tiles scaled to [0, 1] "
+                              f"or uint8 tiles, got {what}")
         if g is not None and g.device.type != "cpu":
             raise GlcnetError("views: generator must be a CPU torch.Generator (parameters are drawn on the CPU)")
         b, c, height, width = images.shape
@@ -353,14 +393,22 @@ class ViewGenerator:
             raise GlcnetError(f"views.rgb_bands {tuple(cfg.rgb_bands)}: images have only {c} bands "
                               "(set views.rgb_bands=null for non-RGB data)")
         p = self._draw(b, c, height, width, g)
-        # one CPU thread (e.g. DataLoader workers): cache-sized sub-batches; several threads or
-        # GPU: the whole batch (fewer, larger parallel ops). Same result for any chunk size.
-        single = images.device.type == "cpu" and torch.get_num_threads() == 1
-        step = cfg.cpu_chunk if single and cfg.cpu_chunk > 0 else b
-        parts = [self._render(images[i:i + step], p, slice(i, i + step)) for i in range(0, b, step)]
-        view1, view2 = (parts[0] if len(parts) == 1 else
-                        (torch.cat([v for v, _ in parts]), torch.cat([v for _, v in parts])))
         dev = images.device
+        if images.dtype == torch.uint8 and dev.type == "cpu":
+            from glcnet.data.views_uint8 import render_uint8
+
+            chunk = cfg.cpu_chunk if cfg.cpu_chunk > 0 else b
+            view1, view2 = render_uint8(images, p, cfg.size, chunk)
+        else:
+            if images.dtype == torch.uint8:
+                images = images.float().mul_(1 / 255)
+            # one CPU thread (e.g. DataLoader workers): cache-sized sub-batches; several threads or
+            # GPU: the whole batch (fewer, larger parallel ops). Same result for any chunk size.
+            single = dev.type == "cpu" and torch.get_num_threads() == 1
+            step = cfg.cpu_chunk if single and cfg.cpu_chunk > 0 else b
+            parts = [self._render(images[i:i + step], p, slice(i, i + step)) for i in range(0, b, step)]
+            view1, view2 = (parts[0] if len(parts) == 1 else
+                            (torch.cat([v for v, _ in parts]), torch.cat([v for _, v in parts])))
         return Views(view1, view2, p["box1"].to(dev), p["box2"].to(dev), p["hflip"].to(dev),
                      p["vflip"].to(dev), p["rot"].to(dev), cfg.size)
 
@@ -376,26 +424,20 @@ class ViewGenerator:
         a, k = color_matrices(c, cfg.rgb_bands, jitter, gray, (1 + f[:, :c] * cfg.brightness).clamp(min=0),
                               (1 + f[:, c:2 * c] * cfg.contrast).clamp(min=0),
                               (1 + f[:, -2] * cfg.saturation).clamp(min=0), f[:, -1] * cfg.hue)
+        sigma = cfg.blur_sigma[0] + u[:, 6] * (cfg.blur_sigma[1] - cfg.blur_sigma[0])
         return {"box1": boxes[:b], "box2": boxes[b:], "hflip": u[:, 0] < cfg.p_flip,
                 "vflip": u[:, 1] < cfg.p_flip, "rot": rot, "color": jitter | gray, "a": a, "k": k,
-                "blur": u[:, 5] < cfg.p_blur,
-                "sigma": cfg.blur_sigma[0] + u[:, 6] * (cfg.blur_sigma[1] - cfg.blur_sigma[0])}
+                "blur": u[:, 5] < cfg.p_blur, "sigma": sigma,
+                "radius": (3 * sigma).ceil().clamp(min=1).long()}  # blur kernel: |t| <= ceil(3 sigma)
 
     def _render(self, images: Tensor, p: dict[str, Tensor], sl: slice) -> tuple[Tensor, Tensor]:
-        """View 1 and view 2 of the samples ``sl`` (``images`` is that slice)."""
-        b, c = images.shape[:2]
-        s, dev = self.cfg.size, images.device
+        """Float path: view 1 and view 2 of the samples ``sl`` (``images`` is that slice)."""
+        s = self.cfg.size
         view1 = render(images, p["box1"][sl], s)  # [b, C, s, s]
         view2 = render(images, p["box2"][sl], s, p["hflip"][sl], p["vflip"][sl], p["rot"][sl])
-        if bool(p["color"][sl].any()):  # x -> A x + K mean(x), clamped
-            a, k = p["a"][sl].to(dev, view2.dtype), p["k"][sl].to(dev, view2.dtype)
-            mean = view2.mean((2, 3))[..., None]  # [b, C, 1]
-            view2 = torch.baddbmm(k @ mean, a, view2.reshape(b, c, s * s)).clamp_(0, 1).reshape(b, c, s, s)
-        blur = p["blur"][sl]
-        if bool(blur.any()):
-            idx = blur.nonzero()[:, 0]
-            radius = math.ceil(3 * self.cfg.blur_sigma[1])  # fixed: one conv shape per config
-            view2.index_copy_(0, idx.to(dev), gaussian_blur(view2[idx.to(dev)], p["sigma"][sl][idx], radius))
+        if bool(p["color"][sl].any()):
+            color_map(view2, p["a"][sl], p["k"][sl])
+        blur_samples(view2, p["blur"][sl], p["sigma"][sl], p["radius"][sl])
         return view1, view2
 
 

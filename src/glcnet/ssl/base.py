@@ -21,7 +21,7 @@ def no_gather(x: torch.Tensor) -> torch.Tensor:
 class SSLMethod(nn.Module):
     """A self-supervised method around one DeepLabv3+ network ``self.net``.
 
-    ``forward(images, gather)`` takes a batch of unlabeled tiles ``[B, C, H, W]`` in [0, 1]
+    ``forward(images, gather)`` takes a batch of unlabeled tiles ``[B, C, H, W]`` in [0, 1] (or uint8 = value / 255)
     and returns a dict with the scalar ``loss`` to minimise, each named loss term
     (e.g. ``loss_global``, ``loss_local``) and ``emb_std`` (collapse monitor: mean
     per-dimension std of the L2-normalised embeddings; ~0 means collapse, ~1/sqrt(d) is healthy).

@@ -46,7 +46,7 @@ class PretrainTask(L.LightningModule):
         return gather_with_grad(x)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        images = batch["image"]  # [B, C, H, W] in [0, 1]
+        images = batch["image"]  # [B, C, H, W] float in [0, 1], or uint8 (= value / 255)
         if self.cfg.trainer.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         out = self.method(images, gather=self._gather)
@@ -86,7 +86,7 @@ class PretrainTask(L.LightningModule):
 def _pool_loader(cfg: PretrainConfig, ds: Any) -> DataLoader:
     from glcnet.data.prepared import TileDataset
 
-    pool = TileDataset(ds, splits=("train", "unlabeled"), with_mask=False)
+    pool = TileDataset(ds, splits=("train", "unlabeled"), with_mask=False, uint8=True)  # 8-bit data: raw uint8
     if len(pool) == 0:
         raise GlcnetError(f"{cfg.data}: no train/unlabeled tiles to pretrain on")
     tile = pool[0]["image"].shape[-1]
