@@ -41,6 +41,10 @@ class FakeStages:
         out.mkdir(parents=True, exist_ok=True)
         method = "none" if cfg.init == "none" else json.loads(Path(cfg.init).read_text())["method"]
         (out / "model.pt").write_text(json.dumps({"method": method, "fraction": cfg.fraction, "seed": cfg.seed}))
+        val_kappa = BASE[method] - 0.05  # two validation passes; the second (higher val_miou) is selected
+        (out / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in [
+            {"step": 1, "val_miou": 0.2, "val_kappa": 0.0}, {"step": 2, "train_loss": 0.3},
+            {"step": 3, "val_miou": 0.4, "val_kappa": val_kappa, "val_oa": 0.9}]) + "\n")
         return out / "model.pt"
 
     def evaluate(self, ckpt, data, split="test", cfg=None, out=None, progress=True):
@@ -52,8 +56,10 @@ class FakeStages:
         return {"kappa": k, "miou": k - 0.1, "oa": k + 0.2, "mean_f1": k + 0.05, "per_class": {}}
 
     def stages(self):
+        from glcnet.finetune.train import selected_val_metrics
+
         return {"methods": ["none", "simclr", "mocov2", "glcnet"], "pretrain": self.pretrain,
-                "finetune": self.finetune, "evaluate": self.evaluate}
+                "finetune": self.finetune, "evaluate": self.evaluate, "val_metrics": selected_val_metrics}
 
     def count(self, kind):
         return sum(c[0] == kind for c in self.calls)
@@ -104,6 +110,43 @@ def test_grid_runs_every_cell_and_pretrains_once(fake, cfg):
     assert f"**{100 * (0.611):.2f} ± 1.00**" in glc
     assert "**" not in next(ln for ln in rows_md if ln.startswith("| SimCLR"))
     assert "(cells/glcnet-f0.01-s0-" in md
+    # val-scene metrics of the selected epoch, next to the test metrics
+    res = json.loads(next((out / "cells").glob("glcnet-f0.01-s0-*/result.json")).read_text())
+    assert res["val"] == {"miou": 0.4, "kappa": pytest.approx(0.55), "oa": 0.9}
+    assert float(r["val_kappa_mean"]) == pytest.approx(0.55) and r["val_mean_f1_mean"] == ""
+    assert "| GLCNet | 1% | 0 | done | 60.10 | 55.00 |" in md
+
+
+def test_method_entries_with_overrides_are_their_own_rows(fake, cfg):
+    cfg.methods = ["glcnet", "glcnet[method.lam=0.25,views.scale=[0.2,1.0]]", "none"]
+    cfg.seeds, cfg.fractions = [0], [0.01]
+    assert grid.parse_method(cfg.methods[1]) == ("glcnet", ["method.lam=0.25", "views.scale=[0.2,1.0]"])
+    pc = grid.pretrain_config(cfg, cfg.methods[1], 3)
+    assert (pc.method.name, pc.method.lam, pc.views.scale, pc.seed) == ("glcnet", 0.25, (0.2, 1.0), 3)
+    assert grid.pretrain_config(cfg, "glcnet", 0).method.lam == 0.5
+    paths = grid.run(cfg, log=lambda s: None)
+    assert fake.count("pretrain") == 2 and fake.count("finetune") == 3
+    assert sorted(p.name.split("-s0-")[0] for p in (Path(cfg.out) / "pretrain").iterdir()) == [
+        "glcnet", "glcnet+method.lam=0.25+views.scale=_0.2_1.0_"]
+    md = paths["md"].read_text()
+    rows = [ln.split(" | ")[0] for ln in md.split("## Cells")[0].splitlines() if ln.startswith("| ") and "@" not in ln]
+    assert rows == ["| Random init", "| GLCNet", "| GLCNet [method.lam=0.25,views.scale=[0.2,1.0]]"]
+    for bad, msg in [(["glcnet[method.nope=1]"], "unknown key 'nope'"), (["none[method.lam=1]"], "nothing to pretrain"),
+                     (["glcnet[lam]"], "'lam' is not key=value"), (["glcnet", "glcnet"], "listed twice"),
+                     (["glc net"], "expected NAME or NAME\\[key=value")]:
+        cfg.methods = bad
+        with pytest.raises(GlcnetError, match=msg):
+            grid.run(cfg)
+
+
+def test_selected_val_metrics(tmp_path):
+    from glcnet.finetune.train import selected_val_metrics
+
+    assert selected_val_metrics(tmp_path) == {}
+    (tmp_path / "metrics.jsonl").write_text(
+        '{"val_miou": 0.5, "val_kappa": 0.1}\n{"val_miou": 0.7, "val_kappa": 0.2}\n'
+        '{"val_miou": 0.7, "val_kappa": 0.3}\n{"train_loss": 1}\n{"val_miou": 0.9, "val_k')  # cut by a kill
+    assert selected_val_metrics(tmp_path) == {"miou": 0.7, "kappa": 0.2}  # first of the ties
 
 
 def test_rerun_skips_and_config_change_reruns(fake, cfg):

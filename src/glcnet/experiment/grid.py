@@ -7,6 +7,14 @@ Layout of ``OUT`` (``ExperimentConfig.out``)::
     cells/<method>-f<fraction>-s<seed>-<hash>/  finetune/ (model.pt), eval/, result.json or error.txt
     results.csv, results.md, kappa_vs_fraction.png
 
+A method entry is a name (``glcnet``, ``simclr``, ``glcnet_no_local``...) or a name with
+pretraining overrides, ``glcnet[method.lam=0.25,method.patch_size=8]`` (keys are paths in
+the pretrain config: ``method.*``, ``views.*``, ``optim.*``...): its own row, folder
+(``glcnet+method.lam=0.25+method.patch_size=8``) and pretraining, for sweeps and
+augmentation studies. Every cell records its val-scene metrics at the selected epoch
+next to the test metrics, so that a sweep is chosen on val (``val_kappa_mean`` in
+``results.csv``) and only then read on test.
+
 ``<hash>`` is a short SHA-1 of the resolved sub-config that determines the run (data
 identity and every setting that differs from the defaults: seed, model, method, schedule;
 not output paths or logging options), so
@@ -21,15 +29,17 @@ import argparse
 import copy
 import hashlib
 import json
+import re
 import shutil
 import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from glcnet.config import ExperimentConfig, FinetuneConfig, PretrainConfig, load_config, to_dict
+from glcnet.config import (ExperimentConfig, FinetuneConfig, PretrainConfig, apply_overrides, from_dict,
+                           load_config, to_dict)
 from glcnet.errors import GlcnetError
-from glcnet.experiment.table import CellResult, frac_label, write_tables
+from glcnet.experiment.table import CellResult, frac_label, split_spec, write_tables
 from glcnet.runs import RunDir
 from glcnet.utils.atomic import write_json, write_text
 
@@ -75,9 +85,41 @@ def data_id(data: str | Path) -> str:
     return short_hash([(root / n).read_text() for n in ("dataset.json", "splits.json")])
 
 
+def parse_method(spec: str) -> tuple[str, list[str]]:
+    """``"glcnet[method.lam=0.25,views.scale=[0.2,1.0]]"`` -> ``("glcnet", ["method.lam=0.25",
+    "views.scale=[0.2,1.0]"])`` (commas inside brackets stay with their value)."""
+    name, inner = split_spec(spec.strip())
+    if not re.fullmatch(r"[A-Za-z0-9_]+", name) or ("[" in spec and not spec.strip().endswith("]")):
+        raise GlcnetError(f"experiment: method entry {spec!r}: expected NAME or NAME[key=value,...]")
+    parts, depth, cur = [], 0, ""
+    for ch in inner:
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts = [p.strip() for p in parts + [cur] if p.strip()]
+    bad = [p for p in parts if "=" not in p]
+    if bad:
+        raise GlcnetError(f"experiment: method entry {spec!r}: {bad[0]!r} is not key=value")
+    return name, parts
+
+
+def slug(spec: str) -> str:
+    """Folder-name form of a method entry: ``glcnet[method.lam=0.25]`` -> ``glcnet+method.lam=0.25``."""
+    name, overrides = parse_method(spec)
+    return "+".join([name] + [re.sub(r"[^A-Za-z0-9_.=-]+", "_", o) for o in overrides])
+
+
 def pretrain_config(cfg: ExperimentConfig, method: str, seed: int) -> PretrainConfig:
-    pc = copy.deepcopy(cfg.pretrain)
-    pc.data, pc.seed, pc.method.name = cfg.data, seed, method
+    name, overrides = parse_method(method)
+    if overrides:
+        data = apply_overrides(to_dict(cfg.pretrain), overrides)
+        pc = from_dict(PretrainConfig, data, f"experiment: method entry {method!r}: pretrain")
+    else:
+        pc = copy.deepcopy(cfg.pretrain)
+    pc.data, pc.seed, pc.method.name = cfg.data, seed, name
     return pc
 
 
@@ -92,7 +134,8 @@ def _stages() -> dict[str, Any]:
     from glcnet.finetune import evaluate, train
     from glcnet.ssl import METHOD_NAMES, pretrain
 
-    return {"methods": METHOD_NAMES, "pretrain": pretrain.run, "finetune": train.run, "evaluate": evaluate.run}
+    return {"methods": METHOD_NAMES, "pretrain": pretrain.run, "finetune": train.run, "evaluate": evaluate.run,
+            "val_metrics": train.selected_val_metrics}
 
 
 def _check(cfg: ExperimentConfig) -> None:
@@ -100,9 +143,15 @@ def _check(cfg: ExperimentConfig) -> None:
     names = _stages()["methods"]
     if not cfg.methods or not cfg.fractions or not cfg.seeds:
         raise GlcnetError("experiment: methods, fractions and seeds must each list at least one value")
-    bad = [m for m in cfg.methods if m not in names]
-    if bad:
-        raise GlcnetError(f"experiment: unknown method {bad[0]!r} (valid: {', '.join(names)})")
+    for spec in cfg.methods:
+        name, overrides = parse_method(spec)
+        if name not in names:
+            raise GlcnetError(f"experiment: unknown method {name!r} (valid: {', '.join(names)})")
+        if name == "none" and overrides:
+            raise GlcnetError(f"experiment: method entry {spec!r}: 'none' has nothing to pretrain to override")
+        pretrain_config(cfg, spec, 0)  # unknown keys / bad values: one line now, not in every cell
+    if len(set(cfg.methods)) < len(cfg.methods):
+        raise GlcnetError("experiment: a method entry is listed twice")
     if to_dict(cfg.pretrain.model) != to_dict(cfg.finetune.model):
         raise GlcnetError("experiment: pretrain.model and finetune.model differ; set both to the same network")
     labelled = json.loads((Path(cfg.data) / "splits.json").read_text()).get("labelled", {})
@@ -138,7 +187,8 @@ def _read_cell(cell: Path, method: str, fraction: float, seed: int, rel: str) ->
     """The stored state of a cell: done (result.json), failed (error.txt) or pending."""
     if (cell / "result.json").is_file():
         r = json.loads((cell / "result.json").read_text())
-        return CellResult(method, fraction, seed, rel, "done", {k: r["metrics"][k] for k in r["metrics"]})
+        val = r["val"] if "val" in r else _stages()["val_metrics"](cell / "finetune")  # cells of older versions
+        return CellResult(method, fraction, seed, rel, "done", {k: r["metrics"][k] for k in r["metrics"]}, val=val)
     if (cell / "error.txt").is_file():
         lines = (cell / "error.txt").read_text().strip().splitlines()
         return CellResult(method, fraction, seed, rel, "failed", error=lines[-1] if lines else "")
@@ -156,14 +206,14 @@ class Grid:
 
     def pretrain_dir(self, method: str, seed: int) -> Path:
         h = short_hash({"data": self.data, "pretrain": _hashable(pretrain_config(self.cfg, method, seed))})
-        return self.out / "pretrain" / f"{method}-s{seed}-{h}"
+        return self.out / "pretrain" / f"{slug(method)}-s{seed}-{h}"
 
     def cell_dir(self, method: str, fraction: float, seed: int) -> Path:
         init = "none" if method == "none" else self.pretrain_dir(method, seed).name
         ft = _hashable(finetune_config(self.cfg, fraction, seed))
         ft.pop("init", None)  # replaced by the pretraining's folder name (its hash)
         h = short_hash({"data": self.data, "init": init, "finetune": ft})
-        return self.out / "cells" / f"{method}-f{fraction:g}-s{seed}-{h}"
+        return self.out / "cells" / f"{slug(method)}-f{fraction:g}-s{seed}-{h}"
 
     def cells(self) -> list[tuple[str, float, int]]:
         """(method, fraction, seed) in run order: seed-major, so early seeds complete whole rows first."""
@@ -209,6 +259,7 @@ class Grid:
         keep = {k: float(metrics[k]) for k in ("kappa", "miou", "oa", "mean_f1")}
         write_json(cell / "result.json", {
             "method": method, "fraction": fraction, "seed": seed, "metrics": keep,
+            "val": _stages()["val_metrics"](cell / "finetune"),
             "per_class": metrics.get("per_class"), "init": ft.init, "model": str(model),
             "seconds": round(time.time() - t0, 1)})
         return _read_cell(cell, method, fraction, seed, rel)

@@ -37,8 +37,9 @@ class CellResult:
     seed: int
     path: str  # cell folder, relative to the experiment folder
     status: str
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)  # test scenes
     error: str = ""
+    val: dict[str, float] = field(default_factory=dict)  # val scenes, at the selected epoch (model selection)
 
 
 @dataclass
@@ -53,13 +54,25 @@ class Summary:
 
 
 def order_methods(methods: list[str]) -> list[str]:
-    """Methods in the paper's order; unknown names keep their given order at the end."""
-    known = [m for m in PAPER_ORDER if m in methods]
-    return known + [m for m in methods if m not in PAPER_ORDER]
+    """Methods in the paper's order, each followed by its ``name[...]`` variants in their given
+    order; unknown names keep their given order at the end."""
+    def key(i_m: tuple[int, str]) -> tuple[int, int, int]:
+        name, overrides = split_spec(i_m[1])
+        rank = PAPER_ORDER.index(name) if name in PAPER_ORDER else len(PAPER_ORDER)
+        return rank, bool(overrides), i_m[0]
+
+    return [m for _, m in sorted(enumerate(methods), key=key)]
+
+
+def split_spec(method: str) -> tuple[str, str]:
+    """``"glcnet[method.lam=0.25]"`` -> ``("glcnet", "method.lam=0.25")``; plain names -> (name, "")."""
+    name, _, rest = method.partition("[")
+    return name, rest[:-1] if rest.endswith("]") else rest
 
 
 def label(method: str) -> str:
-    return LABELS.get(method, method)
+    name, overrides = split_spec(method)
+    return LABELS.get(name, name) + (f" [{overrides}]" if overrides else "")
 
 
 def frac_label(fraction: float) -> str:
@@ -67,7 +80,8 @@ def frac_label(fraction: float) -> str:
 
 
 def summarise(cells: list[CellResult]) -> dict[tuple[str, float], Summary]:
-    """Mean and sample std over seeds of every metric, per (method, fraction)."""
+    """Mean and sample std over seeds of every metric, per (method, fraction); ``val_<metric>``
+    for the val-scene metrics of the selected epochs (where recorded)."""
     groups: dict[tuple[str, float], list[CellResult]] = {}
     for c in cells:
         groups.setdefault((c.method, c.fraction), []).append(c)
@@ -75,8 +89,9 @@ def summarise(cells: list[CellResult]) -> dict[tuple[str, float], Summary]:
     for key, group in groups.items():
         done = [c for c in group if c.status == "done"]
         mean, std = {}, {}
-        for m, _ in METRICS:
-            xs = [float(c.metrics[m]) for c in done if m in c.metrics]
+        for m, _ in METRICS + [("val_" + k, "") for k, _ in METRICS]:
+            src = [(c.val, m[4:]) if m.startswith("val_") else (c.metrics, m) for c in done]
+            xs = [float(d[k]) for d, k in src if k in d]
             mean[m] = sum(xs) / len(xs) if xs else math.nan
             std[m] = (math.sqrt(sum((x - mean[m]) ** 2 for x in xs) / (len(xs) - 1))
                       if len(xs) >= 2 else math.nan)
@@ -100,7 +115,8 @@ def markdown(cells: list[CellResult], title: str = "", note: str = "") -> str:
     if note:
         lines += [note, ""]
     lines += ["Test-scene metrics in %, mean ± sample std over seeds (n = finished seeds); "
-              "**bold** = best mean per column.", ""]
+              "**bold** = best mean per column. Each fine-tuning keeps its best epoch on the val scenes "
+              "(val Kappa in the list of cells); the test scenes are used for nothing else.", ""]
     head = ["Method"] + [f"{name} @{frac_label(f)}" for f in fractions for _, name in METRICS]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in methods:
@@ -117,29 +133,33 @@ def markdown(cells: list[CellResult], title: str = "", note: str = "") -> str:
                     txt += f" (n={s.n_done}/{s.n_total})"
                 row.append(f"**{txt}**" if v == _best(summary, methods, f, key) else txt)
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "## Cells", "", "| method | fraction | seed | status | Kappa % | folder |", "|---|---|---|---|---|---|"]
+    lines += ["", "## Cells", "", "| method | fraction | seed | status | Kappa % | val Kappa % | folder |",
+              "|---|---|---|---|---|---|---|"]
     for c in sorted(cells, key=lambda c: (methods.index(c.method), c.fraction, c.seed)):
         kappa = f"{100 * c.metrics['kappa']:.2f}" if c.status == "done" and "kappa" in c.metrics else ""
+        val = f"{100 * c.val['kappa']:.2f}" if c.status == "done" and "kappa" in c.val else ""
         status = c.status if c.status != "failed" else f"failed: {c.error[:120]}"
-        lines.append(f"| {label(c.method)} | {frac_label(c.fraction)} | {c.seed} | {status} | {kappa} "
+        lines.append(f"| {label(c.method)} | {frac_label(c.fraction)} | {c.seed} | {status} | {kappa} | {val} "
                      f"| [{c.path}]({c.path}) |")
     return "\n".join(lines) + "\n"
 
 
 def csv_text(cells: list[CellResult]) -> str:
-    """One row per (method, fraction): counts, mean and std of each metric (in [0, 1]), cell folders."""
+    """One row per (method, fraction): counts, mean and std of each test metric and of each val
+    metric at the selected epochs (``val_*``, in [0, 1]), cell folders."""
     summary = summarise(cells)
     methods = order_methods(list(dict.fromkeys(c.method for c in cells)))
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["method", "label", "fraction", "n_done", "n_failed", "n_total"]
-               + [f"{m}_{s}" for m, _ in METRICS for s in ("mean", "std")] + ["cells"])
+               + [f"{p}{m}_{s}" for p in ("", "val_") for m, _ in METRICS for s in ("mean", "std")] + ["cells"])
     for m in methods:
         for f in sorted({c.fraction for c in cells}):
             s = summary.get((m, f))
             if s is None:
                 continue
-            stats = [f"{v:.6f}" if not math.isnan(v) else "" for k, _ in METRICS for v in (s.mean[k], s.std[k])]
+            stats = [f"{v:.6f}" if not math.isnan(v) else "" for p in ("", "val_") for k, _ in METRICS
+                     for v in (s.mean[p + k], s.std[p + k])]
             paths = ";".join(c.path for c in cells if c.method == m and c.fraction == f)
             w.writerow([m, label(m), f"{f:g}", s.n_done, s.n_failed, s.n_total, *stats, paths])
     return buf.getvalue()

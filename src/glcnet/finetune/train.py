@@ -18,6 +18,7 @@ holds the last weights and says so (``selected_on``), with a warning.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,26 @@ def _load_net(lightning_ckpt: Path, net: DeepLab) -> int:
     state = torch.load(lightning_ckpt, map_location="cpu", weights_only=False)  # this run's own file
     net.load_state_dict({k[len("net."):]: v for k, v in state["state_dict"].items() if k.startswith("net.")})
     return int(state["epoch"])
+
+
+def selected_val_metrics(run_dir: str | Path) -> dict[str, float]:
+    """Val-scene metrics of the selected validation pass (max ``val_miou``, the first on ties),
+    read from the run's ``metrics.jsonl``: ``{"kappa": .., "miou": .., "oa": .., "mean_f1": ..}``;
+    empty when no validation pass ran."""
+    path = Path(run_dir) / "metrics.jsonl"
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill
+                continue
+            if MONITOR in row:
+                rows.append(row)
+    if not rows:
+        return {}
+    best = max(rows, key=lambda r: r[MONITOR])  # max keeps the first of equal values
+    return {k[len("val_"):]: float(v) for k, v in best.items() if k.startswith("val_")}
 
 
 def run(cfg: FinetuneConfig, resume: bool = False) -> Path:
