@@ -29,8 +29,8 @@ from glcnet.utils.atomic import write_json
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=64, help="tiles per batch (default 64)")
-    parser.add_argument("--batches", type=int, default=5, help="timed batches (default 5)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed batches first (default 1)")
+    parser.add_argument("--batches", type=int, default=10, help="timed batches (default 10)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed batches first (default 3: steady state)")
     parser.add_argument("--tile", type=int, default=256, help="tile side (default 256)")
     parser.add_argument("--bands", type=int, default=4, help="bands per tile (default 4)")
     parser.add_argument("--size", type=int, default=224, help="view side (default 224)")

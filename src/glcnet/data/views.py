@@ -284,12 +284,13 @@ def color_matrices(channels: int, rgb: tuple[int, int, int] | None, jitter: Tens
     return a.float(), k.float()
 
 
-def gaussian_blur(x: Tensor, sigma: Tensor, radius: int | None = None) -> Tensor:
+def gaussian_blur(x: Tensor, sigma: Tensor, radius: int | None = None, out: Tensor | None = None) -> Tensor:
     """Blur each image of ``x`` [n, C, h, w] with its own ``sigma`` [n] (separable, reflect).
 
     Kernel ``exp(-t^2 / (2 sigma^2))`` for ``|t| <= radius`` (default ``ceil(3 max sigma)``),
     normalised; each axis is ``sum_t k_t x_shifted(t)``, one fused multiply-add over the
-    whole batch per tap (faster than a grouped ``conv2d`` on the CPU, measured).
+    whole batch per tap (faster than a grouped ``conv2d`` on the CPU, measured). ``out`` may
+    be ``x`` itself (in-place blur).
     """
     n, c, h, w = x.shape
     r = math.ceil(3 * float(sigma.max())) if radius is None else radius
@@ -302,7 +303,7 @@ def gaussian_blur(x: Tensor, sigma: Tensor, radius: int | None = None) -> Tensor
     for j in range(1, 2 * r + 1):
         y.addcmul_(xp[:, :, j:j + h], k[:, j])
     yp = F.pad(y, (r, r, 0, 0), mode="reflect")  # [n, C, h, w + 2r]
-    out = yp[..., :w] * k[:, 0]
+    out = torch.mul(yp[..., :w], k[:, 0], out=out)
     for j in range(1, 2 * r + 1):
         out.addcmul_(yp[..., j:j + w], k[:, j])
     return out
@@ -319,11 +320,11 @@ def color_map(x: Tensor, a: Tensor, k: Tensor, scale: float = 1.0) -> None:
 
 def blur_samples(x: Tensor, blur: Tensor, sigma: Tensor, radius: Tensor) -> None:
     """In place: :func:`gaussian_blur` of the samples of ``x`` where ``blur`` [n] (CPU bool),
-    each with its ``sigma`` and kernel ``radius`` [n]; one call per distinct radius."""
-    for r in radius[blur].unique().tolist():
-        idx = (blur & (radius == r)).nonzero()[:, 0]
-        i = idx.to(x.device)
-        x.index_copy_(0, i, gaussian_blur(x[i], sigma[idx], r))
+    each with its ``sigma`` and kernel ``radius`` [n]. One sample at a time, so that its
+    passes run in the CPU cache (measured faster than batching samples of equal radius)."""
+    for i in blur.nonzero()[:, 0].tolist():
+        xi = x[i:i + 1]
+        gaussian_blur(xi, sigma[i:i + 1], int(radius[i]), out=xi)
 
 
 # ----------------------------------------------------------------------------- generator

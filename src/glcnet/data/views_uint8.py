@@ -59,7 +59,8 @@ def render_uint8(images: Tensor, params: dict[str, Tensor], size: int, chunk: in
     """View 1 and view 2 (float ``[B, C, size, size]`` in [0, 1]) of uint8 ``images`` on the CPU.
 
     ``params`` as drawn by ``ViewGenerator._draw`` (integer crop boxes). Per chunk of
-    ``chunk`` samples: resize, uint8 -> float / 255, colour map of view 2; then the blur of the selected samples of the whole batch (fewer, larger calls).
+    ``chunk`` samples (small enough to stay in the CPU cache): resize, uint8 -> float,
+    / 255 (view 1) or colour map with the 1/255 folded in (view 2), blur of the selected ones.
     """
     b, c = images.shape[:2]
     boxes = torch.cat([params["box1"], params["box2"]], 1)
@@ -83,8 +84,9 @@ def render_uint8(images: Tensor, params: dict[str, Tensor], size: int, chunk: in
                 if g is not None:
                     v = v.flip(g[0]) if g[0] else v
                     v = v.mT if g[1] else v
-                for j, (lo, hi) in enumerate(bands):  # uint8 -> float / 255, any layout, one pass
-                    torch.mul(v[j, :hi - lo], 1 / 255, out=view[i, lo:hi])
-        color_map(view2[sl], params["a"][sl], params["k"][sl])
-    blur_samples(view2, params["blur"], params["sigma"], params["radius"])
+                for j, (lo, hi) in enumerate(bands):
+                    view[i, lo:hi].copy_(v[j, :hi - lo])  # uint8 -> float (0..255), any layout
+        view1[sl].mul_(1 / 255)  # while the chunk is in cache
+        color_map(view2[sl], params["a"][sl], params["k"][sl], scale=1 / 255)
+        blur_samples(view2[sl], params["blur"][sl], params["sigma"][sl], params["radius"][sl])
     return view1, view2
