@@ -134,3 +134,21 @@ def test_finetune_configs_load():
     paper = load_config(FinetuneConfig, "finetune_paper")
     assert (paper.model.encoder, paper.optim.lr, paper.optim.gamma, paper.optim.epochs) == ("resnet50", 1e-4, 0.98, 150)
     assert (paper.trainer.batch_size, paper.crop, paper.load, paper.eval.stride) == (16, 256, "encoder+aspp", 128)
+
+
+def test_frozen_parts_stay_exactly_as_loaded(pipeline):
+    """--freeze encoder+aspp: no gradient and frozen batch-norm statistics; the decoder still trains."""
+    from conftest import run_cli
+
+    out = pipeline["root"] / "frozen"
+    run_cli("finetune", "--data", pipeline["prep"], "--init", pipeline["pre"], "--out", out, *FT,
+            "optim.epochs=1", "--freeze", "encoder+aspp")
+    pre = torch.load(pipeline["pre"] / "pretrained.pt", weights_only=True)["state_dict"]
+    got = torch.load(out / "model_last.pt", weights_only=True)["state_dict"]
+    frozen = [k for k in pre if k.startswith(("encoder.", "decoder.aspp."))]
+    assert len(frozen) > 100 and any("running_mean" in k for k in frozen)
+    assert all(torch.equal(pre[k], got[k]) for k in frozen)
+    trained = [k for k in pre if k.startswith("decoder.block") and pre[k].is_floating_point()]
+    assert trained and not all(torch.equal(pre[k], got[k]) for k in trained)
+    bad = cli_main(["finetune", "--data", str(pipeline["prep"]), "--out", str(out / "x"), *FT, "freeze=all"])
+    assert bad == 2

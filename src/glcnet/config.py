@@ -140,6 +140,7 @@ class FinetuneConfig:
     seed: int = 0
     init: str = "none"  # "none" or a pretrained checkpoint (pretrained.pt or a run dir)
     load: str = "encoder+aspp"  # encoder | encoder+aspp | all
+    freeze: str = "none"  # none | encoder | encoder+aspp: not trained (BN statistics too), e.g. to probe features
     fraction: float = 0.01  # labelled subset chosen by prepare: 0.01 0.05 0.1 0.2 1.0
     crop: int = 256
     class_weights: str = "none"  # none | inverse | sqrt-inverse (from train class counts)

@@ -5,7 +5,9 @@ optional class weights. Validation runs the sliding window (:mod:`glcnet.finetun
 over each whole *validation* scene (never the test scenes) and pools one confusion
 matrix (torchmetrics, summed over DDP ranks); at the end of the pass it logs
 ``val_miou``, ``val_kappa``, ``val_oa`` and ``val_mean_f1`` (:mod:`glcnet.finetune.metrics`).
-Model selection (``best.ckpt``) maximises ``val_miou``.
+Model selection (``best.ckpt``) maximises ``val_miou``. Parameters under the ``frozen``
+prefixes get no gradient and their batch-norm layers keep their statistics (eval mode
+even while training), so a frozen part is exactly the loaded one.
 """
 
 from __future__ import annotations
@@ -28,11 +30,21 @@ MONITOR = "val_miou"
 
 class SegmentationTask(L.LightningModule):
     def __init__(self, net: DeepLab, optim: OptimConfig, eval_cfg: EvalConfig, ignore_index: int = 255,
-                 class_weights: torch.Tensor | None = None):
+                 class_weights: torch.Tensor | None = None, frozen: tuple[str, ...] = ()):
         super().__init__()
         self.net, self.optim, self.eval_cfg, self.ignore_index = net, optim, eval_cfg, ignore_index
         self.register_buffer("class_weights", class_weights, persistent=False)
         self.val_cm = MulticlassConfusionMatrix(net.num_classes, ignore_index=ignore_index)
+        self.frozen = frozen  # parameter-name prefixes of self.net
+        for name, p in net.named_parameters():
+            if name.startswith(frozen):
+                p.requires_grad_(False)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.frozen:  # Lightning puts the whole module in train mode around validation passes
+            for name, m in self.net.named_modules():
+                if (name + ".").startswith(self.frozen):
+                    m.eval()  # frozen batch-norm statistics
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self.net.predict_logits(batch["image"])  # [B, K, h, w]

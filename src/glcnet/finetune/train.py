@@ -1,7 +1,7 @@
 """``glcnet finetune``: fine-tune DeepLabv3+ on a labelled fraction, select on the val scenes.
 
 ``glcnet finetune --config FILE [--data DIR] [--out DIR] [--init CKPT|none] [--fraction F]
-[--load encoder|encoder+aspp|all] [--resume] [key=value ...]``
+[--load encoder|encoder+aspp|all] [--freeze none|encoder|encoder+aspp] [--resume] [key=value ...]``
 
 Writes into the run directory (``out``)::
 
@@ -31,6 +31,7 @@ from glcnet.errors import GlcnetError
 from glcnet.finetune.task import MONITOR, SegmentationTask, first
 from glcnet.finetune.weights import load_pretrained, model_checkpoint, summary
 from glcnet.models import DeepLab, build_model
+from glcnet.models.deeplab import PARTS
 from glcnet.runs import RunDir
 from glcnet.utils.atomic import torch_save, write_json
 
@@ -100,6 +101,8 @@ def run(cfg: FinetuneConfig, resume: bool = False) -> Path:
 
     if not cfg.data:
         raise GlcnetError("finetune: no data set given (--data PREPARED or data: in the config)")
+    if cfg.freeze not in ("none", "encoder", "encoder+aspp"):
+        raise GlcnetError(f"freeze: expected none, encoder or encoder+aspp, got {cfg.freeze!r}")
     if not 1 <= cfg.val_every <= cfg.optim.epochs:
         raise GlcnetError(f"val_every: must be in 1..optim.epochs ({cfg.optim.epochs}), got {cfg.val_every}")
     ds = PreparedDataset(cfg.data)
@@ -118,7 +121,8 @@ def run(cfg: FinetuneConfig, resume: bool = False) -> Path:
     run_dir = RunDir.create(out, cfg, cfg.seed, extra={"task": "finetune", "resumed_from": last})
     write_json(out / "init.json", report)
     weights = class_weights(cfg.class_weights, (ds.meta.get("class_counts") or {}).get("train"))
-    task = SegmentationTask(net, cfg.optim, cfg.eval, ds.ignore_index, weights)
+    frozen = () if cfg.freeze == "none" else PARTS[cfg.freeze]
+    task = SegmentationTask(net, cfg.optim, cfg.eval, ds.ignore_index, weights, frozen=frozen)
     trainer = build_trainer(cfg.trainer, run_dir, cfg.optim.epochs, monitor=MONITOR, mode="max",
                             early_stop=cfg.early_stop, check_val_every_n_epoch=cfg.val_every)
     val_loader = DataLoader(val, batch_size=1, collate_fn=first, num_workers=0)
@@ -150,13 +154,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", help="pretrained.pt, a pretraining run folder, or none (random init)")
     parser.add_argument("--fraction", type=float, help="labelled subset chosen by prepare: 0.01 0.05 0.1 0.2 1.0")
     parser.add_argument("--load", choices=["encoder", "encoder+aspp", "all"], help="pretrained part to load")
+    parser.add_argument("--freeze", choices=["none", "encoder", "encoder+aspp"],
+                        help="keep this part as loaded (no gradient, frozen BN statistics): a feature probe")
     parser.add_argument("--resume", action="store_true", help="continue a killed run from checkpoints/last.ckpt")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.epochs=5")
 
 
 def main(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
-    for key in ("data", "out", "init", "fraction", "load"):
+    for key in ("data", "out", "init", "fraction", "load", "freeze"):
         if getattr(args, key) is not None:
             overrides.append(f"{key}={getattr(args, key)}")
     cfg = load_config(FinetuneConfig, args.config, overrides)
