@@ -166,7 +166,8 @@ def csv_text(cells: list[CellResult]) -> str:
 
 
 def plot(cells: list[CellResult], path: Path, title: str = "") -> None:
-    """Kappa (mean ± std over seeds) against label fraction, one line per method."""
+    """Kappa (mean ± std over seeds) against label fraction, one line per method; with a
+    single fraction, one point per method along the x axis instead."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -174,26 +175,41 @@ def plot(cells: list[CellResult], path: Path, title: str = "") -> None:
 
     summary = summarise(cells)
     fractions = sorted({c.fraction for c in cells})
-    fig, ax = plt.subplots(figsize=(6, 4))
     methods = order_methods(list(dict.fromkeys(c.method for c in cells)))
-    for i, m in enumerate(methods):
-        shift = 1 + 0.03 * (i - (len(methods) - 1) / 2)  # side by side, so error bars do not hide each other
-        pts = [(f, summary[(m, f)]) for f in fractions if (m, f) in summary and summary[(m, f)].n_done]
-        if not pts:
-            continue
-        xs = [f * 100 * shift for f, _ in pts]
-        ys = [100 * s.mean["kappa"] for _, s in pts]
-        es = [0.0 if math.isnan(s.std["kappa"]) else 100 * s.std["kappa"] for _, s in pts]
-        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=label(m))
-    ax.set_xscale("log")
-    ax.set_xticks([f * 100 for f in fractions], [frac_label(f) for f in fractions])
-    ax.minorticks_off()
-    ax.set_xlabel("labelled fraction of training tiles (%)")
-    ax.set_ylabel("Kappa (%)")
-    ax.set_title(title or "Kappa vs label fraction", fontsize=9)
+
+    def point(m: str, f: float) -> tuple[float, float] | None:
+        s = summary.get((m, f))
+        if s is None or not s.n_done or math.isnan(s.mean["kappa"]):
+            return None
+        return 100 * s.mean["kappa"], 0.0 if math.isnan(s.std["kappa"]) else 100 * s.std["kappa"]
+
+    if len(fractions) == 1:
+        f = fractions[0]
+        fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(methods) + 1.5), 4))
+        for i, m in enumerate(methods):
+            p = point(m, f)
+            if p is not None:
+                ax.errorbar([i], [p[0]], yerr=[p[1]], marker="o", capsize=4, color=f"C{i % 10}")
+        ax.set_xticks(range(len(methods)), [label(m) for m in methods], rotation=30, ha="right", fontsize=7)
+        ax.set_xlim(-0.5, len(methods) - 0.5)
+        ax.set_xlabel(f"pretraining method ({frac_label(f)} of the training tiles labelled)")
+    else:
+        fig, ax = plt.subplots(figsize=(7.5, 4))
+        for i, m in enumerate(methods):
+            shift = 1 + 0.03 * (i - (len(methods) - 1) / 2)  # side by side, so error bars do not hide each other
+            pts = [(f * 100 * shift, p) for f in fractions if (p := point(m, f)) is not None]
+            if pts:
+                ax.errorbar([x for x, _ in pts], [p[0] for _, p in pts], yerr=[p[1] for _, p in pts],
+                            marker="o", capsize=3, label=label(m))
+        ax.set_xscale("log")
+        ax.set_xticks([f * 100 for f in fractions], [frac_label(f) for f in fractions])
+        ax.minorticks_off()
+        ax.set_xlabel("labelled fraction of training tiles (%)")
+        if ax.lines:
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_ylabel("Kappa (%), mean ± std over seeds")
+    ax.set_title(title or "Test Kappa", fontsize=9)
     ax.grid(alpha=0.3)
-    if ax.lines:
-        ax.legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
