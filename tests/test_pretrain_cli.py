@@ -48,6 +48,7 @@ def epoch_means(run: Path, key: str) -> list[float]:
     ("mocov2", ["method.queue_size=16", "method.momentum=0.9"], 1),
     ("inpainting", [], 0),
     ("jigsaw", ["method.jigsaw_permutations=4"], 0),
+    ("glcnet", ["views.in_loader=true", "trainer.num_workers=1"], 0),  # views made in a DataLoader worker
 ])
 def test_method_learns_without_collapse(potsdam, tmp_path, method, extra, skip):
     out = tmp_path / method

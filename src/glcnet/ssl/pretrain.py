@@ -2,7 +2,8 @@
 
 The loader only reads raw tiles (memory-mapped windows, cheap); the two augmented views
 and their patch correspondence are made *on the training device*, batched, inside the
-method's ``forward``. Writes into the run directory:
+method's ``forward`` (or, with ``views.in_loader=true``, in the DataLoader workers by
+:class:`~glcnet.data.views.ViewCollate`, and the step receives :class:`~glcnet.data.views.Views`). Writes into the run directory:
 
     config.yaml, run.json, metrics.jsonl, logs/   (see glcnet.runs)
     checkpoints/last.ckpt                         full state for --resume
@@ -21,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from glcnet.config import PretrainConfig, load_config, to_dict
+from glcnet.data.views import ViewCollate, Views
 from glcnet.engine import build_trainer, configure_optim, load_torch, loader_workers, resume_ckpt, seed_everything
 from glcnet.errors import GlcnetError
 from glcnet.runs import RunDir
@@ -45,12 +47,15 @@ class PretrainTask(L.LightningModule):
 
         return gather_with_grad(x)
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        images = batch["image"]  # [B, C, H, W] float in [0, 1], or uint8 (= value / 255)
-        if self.cfg.trainer.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+    def training_step(self, batch: dict[str, torch.Tensor] | Views, batch_idx: int) -> torch.Tensor:
+        if isinstance(batch, Views):  # views.in_loader: made by the DataLoader workers
+            images, bs = batch, batch.view1.shape[0]
+        else:
+            images = batch["image"]  # [B, C, H, W] float in [0, 1], or uint8 (= value / 255)
+            if self.cfg.trainer.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            bs = images.shape[0]
         out = self.method(images, gather=self._gather)
-        bs = images.shape[0]
         for k, v in out.items():
             self.log(f"train/{k}", v.detach().float(), prog_bar=k == "loss", on_step=True, on_epoch=True, batch_size=bs)
         return out["loss"]
@@ -62,7 +67,7 @@ class PretrainTask(L.LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.method.on_after_step()
         now = time.perf_counter()
-        n = batch["image"].shape[0] * self.trainer.world_size
+        n = (batch.view1 if isinstance(batch, Views) else batch["image"]).shape[0] * self.trainer.world_size
         if self._t0 is not None and now > self._t0:
             self.log("train/samples_per_s", n / (now - self._t0), prog_bar=True, batch_size=n)
         self._t0 = now
@@ -99,7 +104,8 @@ def _pool_loader(cfg: PretrainConfig, ds: Any) -> DataLoader:
     if len(pool) < bs:
         raise GlcnetError(f"{cfg.data}: {len(pool)} tiles, fewer than trainer.batch_size={bs}")
     workers = loader_workers(cfg.trainer.num_workers)
-    return DataLoader(pool, batch_size=bs, shuffle=True, drop_last=True, num_workers=workers,
+    collate = ViewCollate(cfg.views) if cfg.views.in_loader else None
+    return DataLoader(pool, batch_size=bs, shuffle=True, drop_last=True, num_workers=workers, collate_fn=collate,
                       persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
 
 
