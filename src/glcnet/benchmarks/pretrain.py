@@ -44,7 +44,8 @@ def _time_steps(name: str, args: argparse.Namespace, encoder: str, batch: int, d
     torch.manual_seed(0)
     method = build_method(cfg, args.bands, None, None).to(device)
     opt = torch.optim.Adam([p for p in method.parameters() if p.requires_grad], lr=1e-3)
-    x = torch.rand(batch, args.bands, args.tile, args.tile, device=device)
+    x = torch.randint(0, 256, (batch, args.bands, args.tile, args.tile), dtype=torch.uint8,
+                      device=device)  # 8-bit tiles, as the pretraining loader gives them
     dtype = {"16": torch.float16, "bf16": torch.bfloat16}.get(args.precision)
     times = []
     for i in range(args.warmup + args.steps):
@@ -79,7 +80,7 @@ def _loader_rate(args: argparse.Namespace, batch: int) -> float:
             raw = Path(tmp) / "raw"
             generate_scenes(raw, n_scenes=4, size=1024, seed=0)
             root = prepare("generic", raw, Path(tmp) / "prepared", tile_size=args.tile)
-        pool = TileDataset(PreparedDataset(root), splits=("train", "unlabeled"), with_mask=False)
+        pool = TileDataset(PreparedDataset(root), splits=("train", "unlabeled"), with_mask=False, uint8=True)
         loader = DataLoader(pool, batch_size=batch, shuffle=True, drop_last=True,
                             num_workers=args.workers, persistent_workers=args.workers > 0)
         n, t0 = 0, None

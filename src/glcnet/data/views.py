@@ -320,11 +320,18 @@ def color_map(x: Tensor, a: Tensor, k: Tensor, scale: float = 1.0) -> None:
 
 def blur_samples(x: Tensor, blur: Tensor, sigma: Tensor, radius: Tensor) -> None:
     """In place: :func:`gaussian_blur` of the samples of ``x`` where ``blur`` [n] (CPU bool),
-    each with its ``sigma`` and kernel ``radius`` [n]. One sample at a time, so that its
-    passes run in the CPU cache (measured faster than batching samples of equal radius)."""
-    for i in blur.nonzero()[:, 0].tolist():
-        xi = x[i:i + 1]
-        gaussian_blur(xi, sigma[i:i + 1], int(radius[i]), out=xi)
+    each with its ``sigma`` and kernel ``radius`` [n]. On the CPU one sample at a time, so
+    that its passes run in the cache (measured faster than batching); on a GPU one call per
+    distinct radius (few kernel launches)."""
+    if x.device.type == "cpu":
+        for i in blur.nonzero()[:, 0].tolist():
+            xi = x[i:i + 1]
+            gaussian_blur(xi, sigma[i:i + 1], int(radius[i]), out=xi)
+        return
+    for r in radius[blur].unique().tolist():
+        idx = (blur & (radius == r)).nonzero()[:, 0]
+        i = idx.to(x.device)
+        x.index_copy_(0, i, gaussian_blur(x[i], sigma[idx], r))
 
 
 # ----------------------------------------------------------------------------- generator
