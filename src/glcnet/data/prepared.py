@@ -77,9 +77,7 @@ class PreparedDataset:
     def is_8bit(self) -> bool:
         """True when the raw values are uint8 with value range [0, 255] on every band, so that
         ``raw / 255`` is the scaled image (loaders may then pass raw uint8 tiles on)."""
-        scenes = list(self._scenes)
-        return (bool(scenes) and self.raw(scenes[0]).dtype == np.uint8
-                and all(list(v) == [0, 255] for v in self.value_range))
+        return self.meta.get("dtype") == "uint8" and all(list(v) == [0, 255] for v in self.value_range)
 
     def scenes(self, split: str | Sequence[str] | None = None) -> list[str]:
         """Scene names of one split (or several; all when None), in file order."""

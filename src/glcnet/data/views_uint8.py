@@ -9,7 +9,7 @@ output is the bilinear sample at the same points as ``grid_sample`` on the float
 rounded to uint8 (tested: at most 1/255 apart before the colour map). View 2's flips and
 rotation ``G`` are one ``flip`` of the small uint8 view plus a transposed read. Samples
 are processed in chunks that stay in the CPU cache: uint8 -> float copy, colour map
-blur.
+(the 1/255 folded in), blur.
 
 Why: on 2 CPU cores this is several times faster than the batched float ``grid_sample``
 (``glcnet benchmark views``), which matters where views are made on the CPU, i.e. in

@@ -36,6 +36,7 @@ from glcnet.runs import RunDir
 from glcnet.utils.atomic import torch_save, write_json
 
 CLASS_WEIGHTS = ("none", "inverse", "sqrt-inverse")
+FREEZE = ("none", "encoder", "encoder+aspp")  # parts of glcnet.models.deeplab.PARTS that may be frozen
 
 
 def class_weights(kind: str, counts: list[int] | None) -> torch.Tensor | None:
@@ -101,8 +102,8 @@ def run(cfg: FinetuneConfig, resume: bool = False) -> Path:
 
     if not cfg.data:
         raise GlcnetError("finetune: no data set given (--data PREPARED or data: in the config)")
-    if cfg.freeze not in ("none", "encoder", "encoder+aspp"):
-        raise GlcnetError(f"freeze: expected none, encoder or encoder+aspp, got {cfg.freeze!r}")
+    if cfg.freeze not in FREEZE:
+        raise GlcnetError(f"freeze: expected one of {', '.join(FREEZE)}, got {cfg.freeze!r}")
     if not 1 <= cfg.val_every <= cfg.optim.epochs:
         raise GlcnetError(f"val_every: must be in 1..optim.epochs ({cfg.optim.epochs}), got {cfg.val_every}")
     ds = PreparedDataset(cfg.data)
@@ -154,7 +155,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", help="pretrained.pt, a pretraining run folder, or none (random init)")
     parser.add_argument("--fraction", type=float, help="labelled subset chosen by prepare: 0.01 0.05 0.1 0.2 1.0")
     parser.add_argument("--load", choices=["encoder", "encoder+aspp", "all"], help="pretrained part to load")
-    parser.add_argument("--freeze", choices=["none", "encoder", "encoder+aspp"],
+    parser.add_argument("--freeze", choices=FREEZE,
                         help="keep this part as loaded (no gradient, frozen BN statistics): a feature probe")
     parser.add_argument("--resume", action="store_true", help="continue a killed run from checkpoints/last.ckpt")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.epochs=5")
