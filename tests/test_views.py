@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from glcnet.config import ViewConfig
-from glcnet.data.views import (LUMA, ViewCollate, ViewGenerator, Views, color_matrices, gaussian_blur,
-                               map_points, random_boxes, render, sample_patches)
+from glcnet.data.views import (LUMA, ViewCollate, ViewGenerator, Views, blur_planes, color_matrices,
+                               gaussian_blur, map_points, random_boxes, render, sample_patches)
 from glcnet.data.views_uint8 import flip_rot_dims, render_uint8
 from glcnet.errors import GlcnetError
 
@@ -251,7 +251,8 @@ def test_uint8_path_correspondence_against_coordinate_ramps():
     p = {"box1": views.box1, "box2": views.box2, "hflip": views.hflip, "vflip": views.vflip, "rot": views.rot,
          "a": torch.eye(3).expand(16, 3, 3), "k": torch.zeros(16, 3, 3), "blur": torch.zeros(16, dtype=torch.bool),
          "sigma": torch.ones(16), "radius": torch.ones(16, dtype=torch.long)}
-    view1, view2 = render_uint8(x8, p, s, chunk=5)  # re-rendered with all 16 flip/rotation combinations
+    p["color"] = torch.zeros(16, dtype=torch.bool)
+    view1, view2 = render_uint8(x8, p, s)  # re-rendered with all 16 flip/rotation combinations
     b1, _, valid = sample_patches(views, 4, 8, torch.Generator().manual_seed(1))
     assert valid.all(1).sum() > 8
     ctr = (b1[..., :2] + b1[..., 2:]) / 2  # [B, P, 2] (x, y) view-1 points
@@ -357,6 +358,16 @@ def test_gaussian_blur_per_sample_sigma():
     assert torch.allclose(flat, torch.full_like(flat, 0.3), atol=1e-6)
 
 
+@pytest.mark.parametrize("radius", [1, 2, 6])
+def test_blur_planes_equals_gaussian_blur(radius):
+    x = torch.rand(3, 20, 27)
+    sigma = radius / 3 + 0.1
+    want = gaussian_blur(x[None], torch.tensor([sigma]), radius)[0]
+    got = blur_planes(x, sigma, radius)
+    assert got.shape == x.shape and torch.allclose(got, want, atol=1e-6)
+    assert not torch.allclose(got, x, atol=1e-2)
+
+
 # ----------------------------------------------------------------------------- generator
 def test_generator_reproducible_and_bad_input():
     x = torch.rand(8, 4, 40, 40)
@@ -380,6 +391,20 @@ def test_generator_reproducible_and_bad_input():
         ViewGenerator(ViewConfig(scale=(0.5, 1.5)))
     with pytest.raises(GlcnetError, match="views.p_blur"):
         ViewGenerator(ViewConfig(p_blur=2.0))
+
+
+def test_uint8_path_does_not_depend_on_the_thread_count():
+    x8 = torch.randint(0, 256, (6, 5, 40, 44), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    gen = ViewGenerator(ViewConfig(size=32, p_jitter=1.0, p_gray=0.3, p_blur=1.0))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = gen(x8, torch.Generator().manual_seed(0))
+        torch.set_num_threads(2)
+        two = gen(x8, torch.Generator().manual_seed(0))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.allclose(one.view1, two.view1, atol=1e-6) and torch.allclose(one.view2, two.view2, atol=1e-6)
 
 
 def test_dataloader_workers_reproducible():

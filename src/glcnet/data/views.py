@@ -309,6 +309,29 @@ def gaussian_blur(x: Tensor, sigma: Tensor, radius: int | None = None, out: Tens
     return out
 
 
+def blur_planes(x: Tensor, sigma: float, radius: int) -> Tensor:
+    """:func:`gaussian_blur` of one image ``x`` [C, h, w] (contiguous) on the CPU, as two
+    depthwise convolutions; a new [C, h, w] tensor.
+
+    Rows along ``w``: the ``C h`` rows are the channels of a ``[1, C h, 1, w + 2r]`` image.
+    Columns along ``h``: the planar memory ``[C, h + 2r, w]`` is read as a channels-last
+    ``[C, w, h + 2r, 1]`` batch, ``w`` channels wide, which oneDNN's depthwise kernel
+    vectorises. Reflect padding as :func:`gaussian_blur`, whose one memory pass per tap
+    this replaces on the CPU: measured on 2 cores, 1.2x (radius 3) to 1.7x (radius 6)
+    faster, as fast at radius 2, 1.4x slower at radius 1 (two convolutions' fixed cost).
+    """
+    c, h, w = x.shape
+    r = max(1, min(radius, h - 1, w - 1))
+    k = [math.exp(-t * t / (2 * float(sigma) ** 2)) for t in range(-r, r + 1)]
+    k = torch.tensor(k, dtype=x.dtype) / sum(k)  # (Python maths: cheaper than tensor ops at this size)
+    xp = F.pad(x, (r, r, 0, 0), mode="reflect").view(1, c * h, 1, w + 2 * r)
+    y = F.conv2d(xp, k.view(1, 1, 1, -1).expand(c * h, 1, 1, -1), groups=c * h)  # [1, C h, 1, w]
+    yp = F.pad(y.view(c, h, w), (0, 0, r, r), mode="reflect")  # [C, h + 2r, w]
+    z = F.conv2d(yp.view(c, h + 2 * r, 1, w).permute(0, 3, 1, 2),  # [C, w, h + 2r, 1] channels-last
+                 k.view(1, 1, -1, 1).expand(w, 1, -1, 1), groups=w)  # [C, w, h, 1], memory [C, h, w]
+    return z.permute(0, 2, 3, 1).reshape(c, h, w)
+
+
 def color_map(x: Tensor, a: Tensor, k: Tensor, scale: float = 1.0) -> None:
     """In place on ``x`` [n, C, s, s] (contiguous): ``x <- clamp(scale (A x + K mean(x)), 0, 1)``
     per sample, with ``A, K`` [n, C, C] from :func:`color_matrices` and ``mean`` over space."""
@@ -320,13 +343,11 @@ def color_map(x: Tensor, a: Tensor, k: Tensor, scale: float = 1.0) -> None:
 
 def blur_samples(x: Tensor, blur: Tensor, sigma: Tensor, radius: Tensor) -> None:
     """In place: :func:`gaussian_blur` of the samples of ``x`` where ``blur`` [n] (CPU bool),
-    each with its ``sigma`` and kernel ``radius`` [n]. On the CPU one sample at a time, so
-    that its passes run in the cache (measured faster than batching); on a GPU one call per
-    distinct radius (few kernel launches)."""
+    each with its ``sigma`` and kernel ``radius`` [n]. On the CPU one sample at a time with
+    :func:`blur_planes` (in cache); on a GPU one call per distinct radius (few kernel launches)."""
     if x.device.type == "cpu":
         for i in blur.nonzero()[:, 0].tolist():
-            xi = x[i:i + 1]
-            gaussian_blur(xi, sigma[i:i + 1], int(radius[i]), out=xi)
+            x[i] = blur_planes(x[i], float(sigma[i]), int(radius[i]))
         return
     for r in radius[blur].unique().tolist():
         idx = (blur & (radius == r)).nonzero()[:, 0]
@@ -405,8 +426,7 @@ class ViewGenerator:
         if images.dtype == torch.uint8 and dev.type == "cpu":
             from glcnet.data.views_uint8 import render_uint8
 
-            chunk = cfg.cpu_chunk if cfg.cpu_chunk > 0 else b
-            view1, view2 = render_uint8(images, p, cfg.size, chunk)
+            view1, view2 = render_uint8(images, p, cfg.size)
         else:
             if images.dtype == torch.uint8:
                 images = images.float().mul_(1 / 255)
