@@ -29,6 +29,12 @@ from glcnet.runs import RunDir
 from glcnet.utils.atomic import torch_save
 
 
+def _batch_size(batch: dict[str, torch.Tensor] | Views) -> int:
+    """Samples in a batch: tiles ``{"image": [B, C, H, W]}`` (float in [0, 1] or uint8 = value / 255),
+    or :class:`Views` made by the DataLoader workers (``views.in_loader``)."""
+    return (batch.view1 if isinstance(batch, Views) else batch["image"]).shape[0]
+
+
 class PretrainTask(L.LightningModule):
     """Lightning wrapper: one optimiser step per batch of raw tiles, logs every loss term."""
 
@@ -48,13 +54,10 @@ class PretrainTask(L.LightningModule):
         return gather_with_grad(x)
 
     def training_step(self, batch: dict[str, torch.Tensor] | Views, batch_idx: int) -> torch.Tensor:
-        if isinstance(batch, Views):  # views.in_loader: made by the DataLoader workers
-            images, bs = batch, batch.view1.shape[0]
-        else:
-            images = batch["image"]  # [B, C, H, W] float in [0, 1], or uint8 (= value / 255)
-            if self.cfg.trainer.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            bs = images.shape[0]
+        images = batch if isinstance(batch, Views) else batch["image"]  # Views: views.in_loader
+        if not isinstance(images, Views) and self.cfg.trainer.channels_last:  # [B, C, H, W] tiles
+            images = images.contiguous(memory_format=torch.channels_last)
+        bs = _batch_size(batch)
         out = self.method(images, gather=self._gather)
         for k, v in out.items():
             self.log(f"train/{k}", v.detach().float(), prog_bar=k == "loss", on_step=True, on_epoch=True, batch_size=bs)
@@ -67,7 +70,7 @@ class PretrainTask(L.LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.method.on_after_step()
         now = time.perf_counter()
-        n = (batch.view1 if isinstance(batch, Views) else batch["image"]).shape[0] * self.trainer.world_size
+        n = _batch_size(batch) * self.trainer.world_size
         if self._t0 is not None and now > self._t0:
             self.log("train/samples_per_s", n / (now - self._t0), prog_bar=True, batch_size=n)
         self._t0 = now
