@@ -440,9 +440,11 @@ def test_same_seed_same_views_on_gpu():
 def test_benchmark_cli_runs_tiny(tmp_path, cli):
     out = tmp_path / "views.json"
     p = cli("benchmark", "views", "--batch", "2", "--batches", "1", "--warmup", "0", "--tile", "64",
-            "--size", "48", "--patch-size", "8", "--json", out)
+            "--size", "48", "--patch-size", "8", "--processes", "1", "--json", out)
     res = json.loads(out.read_text())
     assert res["reference_ms_per_sample"] > 0 and res["ours_ms_per_sample"] > 0 and res["batch"] == 2
+    assert res["processes"] == 1 and res["ours_processes_ms_per_sample"] > 0
+    assert "1 process x 1 torch thread" in p.stdout
     assert abs(res["speedup"] - res["reference_ms_per_sample"] / res["ours_ms_per_sample"]) < 0.1 * res["speedup"] + 0.1
     assert "speed-up" in p.stdout
     bad = cli("benchmark", "views", "--size", "512", check=False)

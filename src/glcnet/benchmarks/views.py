@@ -7,11 +7,17 @@ with an index map, the set-based patch search, then collation into tensors. Ours
 float views in [0, 1] out) and ``sample_patches``, on the whole batch. Batches alternate between the two, so both see
 the same machine load; figures are medians over ``--batches`` after ``--warmup``, as wall
 clock and as process CPU time (all threads; less sensitive to other processes).
+
+``--processes N`` then also runs both pipelines the way DataLoader workers do: N processes
+of one torch thread each, all on the reference at once, then all on ours at once, each on
+its own batches; the figure is the samples of all processes over the wall time of the
+phase. That gives the reference the cores ours uses (the first comparison gives it one).
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import os
 import random
 import statistics
@@ -38,6 +44,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patch-size", type=int, default=48)
     parser.add_argument("--device", default="cpu", help="device for ours: cpu, cuda, cuda:1 ...")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads for ours (default: torch's)")
+    parser.add_argument("--processes", type=int, default=0, metavar="N",
+                        help="also time both in N one-thread processes at once (DataLoader-worker style)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the figures as JSON")
 
@@ -60,9 +68,50 @@ def _our_batch(tiles: np.ndarray, gen: ViewGenerator, g: torch.Generator, args, 
     _sync(device)
 
 
+def _process(args: argparse.Namespace, rank: int, barrier, results) -> None:
+    """One of ``--processes``: one torch thread; the reference on its batches, then ours."""
+    from glcnet.utils.memory import keep_freed_memory
+
+    keep_freed_memory()
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(args.seed + 1 + rank)
+    rnd = random.Random(args.seed + 1 + rank)
+    g = torch.Generator().manual_seed(args.seed + 1 + rank)
+    gen = ViewGenerator(ViewConfig(size=args.size, rgb_bands=(0, 1, 2) if args.bands >= 3 else None))
+    tiles = [rng.integers(0, 256, (args.batch, args.tile, args.tile, args.bands), dtype=np.uint8)
+             for _ in range(args.warmup + args.batches)]
+    for t in tiles[:args.warmup]:
+        _reference_batch(t, rng, rnd, args, {})
+        _our_batch(t, gen, g, args, torch.device("cpu"))
+    spans = []
+    for run in (lambda t: _reference_batch(t, rng, rnd, args, {}),
+                lambda t: _our_batch(t, gen, g, args, torch.device("cpu"))):
+        barrier.wait()  # every process starts the phase together
+        t0 = time.perf_counter()
+        for t in tiles[args.warmup:]:
+            run(t)
+        spans.append((t0, time.perf_counter()))
+    results.put(spans)
+
+
+def _in_processes(args: argparse.Namespace) -> tuple[float, float]:
+    """(reference, ours) ms per sample of all ``--processes`` together (wall time of each phase)."""
+    ctx = mp.get_context("spawn")  # fresh interpreters: no inherited torch threads
+    barrier, results = ctx.Barrier(args.processes), ctx.Queue()
+    procs = [ctx.Process(target=_process, args=(args, r, barrier, results)) for r in range(args.processes)]
+    for p in procs:
+        p.start()
+    spans = [results.get() for _ in procs]
+    for p in procs:
+        p.join()
+    samples = args.processes * args.batches * args.batch
+    return tuple((max(s[k][1] for s in spans) - min(s[k][0] for s in spans)) / samples * 1e3 for k in (0, 1))
+
+
 def main(args: argparse.Namespace) -> int:
-    if min(args.batch, args.batches, args.tile, args.bands, args.size) < 1 or args.warmup < 0:
-        raise GlcnetError("benchmark views: --batch, --batches, --tile, --bands, --size must be >= 1")
+    if min(args.batch, args.batches, args.tile, args.bands, args.size) < 1 or min(args.warmup, args.processes) < 0:
+        raise GlcnetError("benchmark views: --batch, --batches, --tile, --bands, --size must be >= 1, "
+                          "--warmup and --processes >= 0")
     if args.size > args.tile:
         raise GlcnetError(f"benchmark views: --size {args.size} is larger than --tile {args.tile}")
     try:
@@ -119,6 +168,14 @@ def main(args: argparse.Namespace) -> int:
           f"process CPU time {ref_cpu:.3f} ms/sample")
     print(f"ours (batched, {device}):{'':31}{ours:8.3f} ms/sample; process CPU time {ours_cpu:.3f} ms/sample")
     print(f"speed-up: {ref / ours:.1f}x wall clock, {result['speedup_cpu_time']:.1f}x process CPU time")
+    if args.processes:
+        if device.type != "cpu":
+            raise GlcnetError("benchmark views: --processes times the CPU path (leave --device cpu)")
+        ref_p, ours_p = _in_processes(args)
+        result.update(processes=args.processes, reference_processes_ms_per_sample=round(ref_p, 4),
+                      ours_processes_ms_per_sample=round(ours_p, 4), speedup_processes=round(ref_p / ours_p, 1))
+        print(f"{args.processes} process{'es' if args.processes > 1 else ''} x 1 torch thread, all at once: reference {ref_p:.3f} ms/sample, "
+              f"ours {ours_p:.3f} ms/sample: {ref_p / ours_p:.1f}x")
     if args.json:
         write_json(args.json, result)
     return 0
