@@ -80,6 +80,8 @@ def test_scale_formula():
     np.testing.assert_allclose(out, [[[0, 0.5, 1]], [[0, 1, 1]]])  # clipped above hi
     with pytest.raises(GlcnetError, match="3 bands"):
         scale(np.zeros((3, 2, 2)), [[0, 1]] * 2)
+    nodata = scale(np.array([[[np.nan, np.inf, -np.inf, 5.0]]], np.float32), [[0, 10]])  # NaN no-data
+    np.testing.assert_array_equal(nodata, [[[0, 1, 0, 0.5]]])
 
 
 def test_decode_colors_and_index(tmp_path):

@@ -9,8 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from PIL import Image
+import torch
 from affine import Affine
+from PIL import Image
+
+from glcnet.data.prepared import PreparedDataset, TileDataset
 
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 ISPRS = [(255, 255, 255), (0, 0, 255), (0, 255, 255), (0, 255, 0), (255, 255, 0), (255, 0, 0)]
@@ -219,11 +222,15 @@ def test_vaihingen_with_dsm(cli, tmp_path):
     for area in (1, 2, 3):
         write_tif(raw / "top" / f"top_mosaic_09cm_area{area}.tif", rng.integers(0, 256, (3, 48, 40), dtype=np.uint8))
         write_tif(raw / "gts_for_participants" / f"top_mosaic_09cm_area{area}.tif", colour_label(idx))
-        write_tif(raw / "dsm" / f"dsm_09cm_matching_area{area}.tif",
-                  rng.normal(260, 5, (1, 48, 40)).astype(np.float32))
+        dsm = rng.normal(260, 5, (1, 48, 40)).astype(np.float32)
+        dsm[0, :5, :7] = np.nan  # no-data of a float raster
+        write_tif(raw / "dsm" / f"dsm_09cm_matching_area{area}.tif", dsm)
     out = tmp_path / "out"
     cli("prepare", "vaihingen", "--src", raw, "--out", out, "--tile-size", "32", "--dsm", "--val-scenes", "area3")
     meta, splits = load(out)
+    assert np.isfinite(meta["mean"]).all() and np.isfinite(meta["std"]).all()
+    tile = TileDataset(PreparedDataset(out), ("train",))[0]["image"]  # the window at (0, 0): NaN no-data -> 0
+    assert torch.isfinite(tile).all() and (tile[3, :5, :7] == 0).all()
     assert meta["bands"] == ["NIR", "R", "G", "DSM"] and meta["dtype"] == "float32"
     assert splits["scenes"] == {"train": ["top_mosaic_09cm_area1"], "val": ["top_mosaic_09cm_area3"],
                                 "test": ["top_mosaic_09cm_area2"], "unlabeled": []}

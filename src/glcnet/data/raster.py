@@ -103,6 +103,8 @@ def scale(raw: np.ndarray, value_range: Sequence[Sequence[float]]) -> np.ndarray
     """Per-band scaling to [0, 1]: ``clip((raw - lo) / (hi - lo), 0, 1)`` as float32.
 
     ``raw`` is ``[C, ...]``; ``value_range`` is ``[[lo, hi]] * C`` (dataset.json).
+    Non-finite values (NaN no-data of float rasters) become 0, like values below ``lo``,
+    so that they never reach a network as NaN.
     """
     vr = np.asarray(value_range, dtype=np.float32)  # [C, 2]
     if raw.shape[0] != len(vr):
@@ -111,4 +113,7 @@ def scale(raw: np.ndarray, value_range: Sequence[Sequence[float]]) -> np.ndarray
     lo = vr[:, 0].reshape(shape)
     span = np.maximum(vr[:, 1] - vr[:, 0], 1e-12).reshape(shape)
     out = (raw.astype(np.float32) - lo) / span
-    return np.clip(out, 0.0, 1.0, out=out)
+    np.clip(out, 0.0, 1.0, out=out)
+    if raw.dtype.kind not in "ui":  # integer rasters cannot hold NaN
+        np.nan_to_num(out, copy=False, nan=0.0)
+    return out
