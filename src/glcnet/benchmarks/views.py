@@ -114,6 +114,8 @@ def main(args: argparse.Namespace) -> int:
                           "--warmup and --processes >= 0")
     if args.size > args.tile:
         raise GlcnetError(f"benchmark views: --size {args.size} is larger than --tile {args.tile}")
+    if args.processes and args.device != "cpu":
+        raise GlcnetError("benchmark views: --processes times the CPU path (leave --device cpu)")
     try:
         device = torch.device(args.device)
         torch.empty(0, device=device)
@@ -169,12 +171,11 @@ def main(args: argparse.Namespace) -> int:
     print(f"ours (batched, {device}):{'':31}{ours:8.3f} ms/sample; process CPU time {ours_cpu:.3f} ms/sample")
     print(f"speed-up: {ref / ours:.1f}x wall clock, {result['speedup_cpu_time']:.1f}x process CPU time")
     if args.processes:
-        if device.type != "cpu":
-            raise GlcnetError("benchmark views: --processes times the CPU path (leave --device cpu)")
         ref_p, ours_p = _in_processes(args)
         result.update(processes=args.processes, reference_processes_ms_per_sample=round(ref_p, 4),
                       ours_processes_ms_per_sample=round(ours_p, 4), speedup_processes=round(ref_p / ours_p, 1))
-        print(f"{args.processes} process{'es' if args.processes > 1 else ''} x 1 torch thread, all at once: reference {ref_p:.3f} ms/sample, "
+        procs = f"{args.processes} process{'es' if args.processes > 1 else ''}"
+        print(f"{procs} x 1 torch thread, all at once: reference {ref_p:.3f} ms/sample, "
               f"ours {ours_p:.3f} ms/sample: {ref_p / ours_p:.1f}x")
     if args.json:
         write_json(args.json, result)

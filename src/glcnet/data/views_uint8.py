@@ -87,16 +87,16 @@ def render_uint8(images: Tensor, params: dict[str, Tensor], size: int) -> tuple[
         raise GlcnetError("views: the uint8 path needs integer crop boxes")
     boxes = boxes.long().tolist()
     groups = band_groups(images)  # [B, G, H, W, c']
-    k = groups.shape[1] * groups.shape[-1]  # G c' (padded) bands
     cg = groups.shape[-1]
+    n_pad = groups.shape[1] * cg  # G c' bands, zero-padded
     bands = [(j, min(c, j + cg)) for j in range(0, c, cg)]  # the bands of each group
     geo = [flip_rot_dims(h, v, r) for h, v, r in
            zip(params["hflip"].tolist(), params["vflip"].tolist(), params["rot"].tolist())]
     # view 2's colour maps on the zero-padded pixels [C, G c'], the 1/255 folded in; a1: none
-    a2 = torch.zeros(b, c, k)
+    a2 = torch.zeros(b, c, n_pad)
     a2[:, :, :c] = params["a"] / 255
     k2 = params["k"] / 255
-    a1 = torch.eye(c, k) / 255
+    a1 = torch.eye(c, n_pad) / 255
     color = params["color"].tolist()
     blur = params["blur"].tolist()
     sigma, radius = params["sigma"].tolist(), params["radius"].tolist()
@@ -113,10 +113,10 @@ def render_uint8(images: Tensor, params: dict[str, Tensor], size: int) -> tuple[
         view1[i].mul_(1 / 255)
         dims, transpose = geo[i]  # view 2: flip the uint8 view; colour, blur; transpose on the way out
         v2 = v2.flip(dims) if dims else v2
-        if k == 4:  # [4, s s]: the transpose of the row-major pixels, free
+        if n_pad == 4:  # [4, s s]: the transpose of the row-major pixels, free
             planes = v2.permute(2, 3, 0, 1).reshape(size * size, 4).float().T
-        else:  # made planar first: MKL's product with a transposed [s s, 3] or [C, G 4] x it is slow
-            planes = planar.copy_(v2).view(k, size * size)
+        else:  # planar copy first: MKL multiplies by the transpose of a [s s, 3] pixel matrix 3.5x slower
+            planes = planar.copy_(v2).view(n_pad, size * size)
         if color[i]:
             bias = k2[i] @ _band_sums(planes)[:c] / (size * size)  # K m / 255, [C]
             torch.addmm(bias[:, None], a2[i], planes, out=tmp).clamp_(0, 1)

@@ -54,9 +54,12 @@ class PretrainTask(L.LightningModule):
         return gather_with_grad(x)
 
     def training_step(self, batch: dict[str, torch.Tensor] | Views, batch_idx: int) -> torch.Tensor:
-        images = batch if isinstance(batch, Views) else batch["image"]  # Views: views.in_loader
-        if not isinstance(images, Views) and self.cfg.trainer.channels_last:  # [B, C, H, W] tiles
-            images = images.contiguous(memory_format=torch.channels_last)
+        if isinstance(batch, Views):  # views.in_loader: made by the DataLoader workers
+            images = batch
+        else:
+            images = batch["image"]  # [B, C, H, W] float in [0, 1], or uint8 (= value / 255)
+            if self.cfg.trainer.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
         bs = _batch_size(batch)
         out = self.method(images, gather=self._gather)
         for k, v in out.items():
