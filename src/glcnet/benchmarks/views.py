@@ -68,6 +68,11 @@ def _our_batch(tiles: np.ndarray, gen: ViewGenerator, g: torch.Generator, args, 
     _sync(device)
 
 
+def _generator(args: argparse.Namespace) -> ViewGenerator:
+    """The default views at ``--size``; HSV jitter on bands 0-2 when there are 3 or more."""
+    return ViewGenerator(ViewConfig(size=args.size, rgb_bands=(0, 1, 2) if args.bands >= 3 else None))
+
+
 def _process(args: argparse.Namespace, rank: int, barrier, results) -> None:
     """One of ``--processes``: one torch thread; the reference on its batches, then ours."""
     from glcnet.utils.memory import keep_freed_memory
@@ -77,7 +82,7 @@ def _process(args: argparse.Namespace, rank: int, barrier, results) -> None:
     rng = np.random.default_rng(args.seed + 1 + rank)
     rnd = random.Random(args.seed + 1 + rank)
     g = torch.Generator().manual_seed(args.seed + 1 + rank)
-    gen = ViewGenerator(ViewConfig(size=args.size, rgb_bands=(0, 1, 2) if args.bands >= 3 else None))
+    gen = _generator(args)
     tiles = [rng.integers(0, 256, (args.batch, args.tile, args.tile, args.bands), dtype=np.uint8)
              for _ in range(args.warmup + args.batches)]
     for t in tiles[:args.warmup]:
@@ -126,7 +131,7 @@ def main(args: argparse.Namespace) -> int:
     rng = np.random.default_rng(args.seed)
     rnd = random.Random(args.seed)
     g = torch.Generator().manual_seed(args.seed)
-    gen = ViewGenerator(ViewConfig(size=args.size, rgb_bands=(0, 1, 2) if args.bands >= 3 else None))
+    gen = _generator(args)
     n = args.warmup + args.batches
     load_start = os.getloadavg()[0]
     ref_t, our_t, times = [], [], {}  # (wall, process CPU) ms per sample

@@ -104,7 +104,7 @@ def render_uint8(images: Tensor, params: dict[str, Tensor], size: int) -> tuple[
     view2 = torch.empty(b, c, size, size)
 
     tmp = torch.empty(c, size * size)  # cached scratch: a matrix product writes its output out of order
-    planar = torch.empty(groups.shape[1], groups.shape[-1], size, size)  # [G, c', s, s]
+    planar = None if n_pad == 4 else torch.empty(n_pad // cg, cg, size, size)  # [G, c', s, s]
     for i in range(b):
         src = groups[i].permute(0, 3, 1, 2)  # [G, c', H, W] channels-last uint8
         v1, v2 = _resize(src, boxes[i][:4], size), _resize(src, boxes[i][4:], size)  # [G, c', s, s] uint8
