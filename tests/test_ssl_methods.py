@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from glcnet.config import PretrainConfig, ViewConfig, from_dict
-from glcnet.data.views import ViewGenerator, sample_patches
 from glcnet.errors import GlcnetError
 from glcnet.losses import pool_patches
 from glcnet.models import DeepLab
 from glcnet.ssl import METHOD_NAMES, METHODS, VARIANTS, build_method, check_method_name
 from glcnet.ssl.inpainting import block_mask
 from glcnet.ssl.jigsaw import max_hamming_permutations
-
+from glcnet.ssl.patches import sample_patches
+from glcnet.transforms import ViewGenerator
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

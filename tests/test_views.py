@@ -13,10 +13,13 @@ import torch
 import torch.nn.functional as F
 
 from glcnet.config import ViewConfig
-from glcnet.data.views import (LUMA, ViewCollate, ViewGenerator, Views, blur_planes, color_matrices,
-                               gaussian_blur, map_points, random_boxes, render, sample_patches)
-from glcnet.data.views_uint8 import flip_rot_dims, render_uint8
 from glcnet.errors import GlcnetError
+from glcnet.ssl.patches import sample_patches
+from glcnet.transforms import ViewCollate, ViewGenerator, Views
+from glcnet.transforms.geometry import flip_rot_dims, map_points, random_boxes
+from glcnet.transforms.photometric import LUMA, blur_planes, color_matrices, gaussian_blur
+from glcnet.transforms.render_torch import render
+from glcnet.transforms.render_uint8 import render_uint8
 
 NO_PHOTO = dict(p_jitter=0.0, p_gray=0.0, p_blur=0.0)
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

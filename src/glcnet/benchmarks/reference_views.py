@@ -6,7 +6,7 @@ in Python, with a per-pixel index map (``i * W + j``) carried through every geom
 transform and a set-based search of the index maps for the patch centres. OpenCV is
 replaced by PIL/NumPy equivalents (OpenCV is not a dependency); the known crashes on
 current NumPy/Python are fixed the minimal way (signed hue shift, ``random.sample`` on a
-list). Not used for training: ``glcnet.data.views`` replaces it.
+list). Not used for training: ``glcnet.transforms`` and ``glcnet.ssl.patches`` replace it.
 """
 
 from __future__ import annotations

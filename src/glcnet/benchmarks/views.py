@@ -3,7 +3,7 @@
 Both run on the same batches of random ``tile x tile`` uint8 tiles with ``bands`` bands.
 Reference (:mod:`glcnet.benchmarks.reference_views`): per sample, PIL/NumPy transforms
 with an index map, the set-based patch search, then collation into tensors. Ours
-(:mod:`glcnet.data.views`): ``ViewGenerator`` on the uint8 batch (its CPU fast path,
+(:mod:`glcnet.transforms`): ``ViewGenerator`` on the uint8 batch (its CPU fast path,
 float views in [0, 1] out) and ``sample_patches``, on the whole batch. Batches alternate between the two, so both see
 the same machine load; figures are medians over ``--batches`` after ``--warmup``, as wall
 clock and as process CPU time (all threads; less sensitive to other processes).
@@ -28,8 +28,9 @@ import torch
 
 from glcnet.benchmarks.reference_views import reference_sample
 from glcnet.config import ViewConfig
-from glcnet.data.views import ViewGenerator, sample_patches
 from glcnet.errors import GlcnetError
+from glcnet.ssl.patches import sample_patches
+from glcnet.transforms import ViewGenerator
 from glcnet.utils.atomic import write_json
 
 

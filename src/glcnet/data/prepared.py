@@ -147,7 +147,7 @@ class TileDataset(torch.utils.data.Dataset):
     """Tiles as ``{"image": float32 [C, h, w] in [0, 1], "mask": int64 [h, w]}``.
 
     ``uint8``: on 8-bit data (:attr:`PreparedDataset.is_8bit`) the image is the raw uint8
-    tile, meaning ``value / 255`` (a quarter of the bytes; :class:`~glcnet.data.views.ViewGenerator`
+    tile, meaning ``value / 255`` (a quarter of the bytes; :class:`~glcnet.transforms.ViewGenerator`
     takes it as is); other data stays float.
 
     ``crop``: random ``crop`` x ``crop`` window inside each tile; ``augment``: random

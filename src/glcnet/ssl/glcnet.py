@@ -1,6 +1,6 @@
 """GLCNet (Li et al., IEEE TGRS 2022): global style contrast + local matching contrast.
 
-Per batch of tiles: two views (``glcnet.data.views``), one DeepLabv3+ pass over both.
+Per batch of tiles: two views (``glcnet.transforms``), one DeepLabv3+ pass over both.
 
 - global: ``style_vector`` of the ASPP map (mean+variance, ``[B, 2A]``; mean only for the
   "no style" ablation) -> MLP ``2A -> 256 -> d`` -> NT-Xent (tau ``temperature``) between views.
@@ -18,11 +18,12 @@ from typing import Sequence
 import torch
 
 from glcnet.config import PretrainConfig
-from glcnet.data.views import ViewGenerator, Views, sample_patches
 from glcnet.errors import GlcnetError
 from glcnet.losses import LocalMatchingLoss, NTXentLoss, embedding_std, pool_patches, style_vector
 from glcnet.models.heads import ProjectionHead
 from glcnet.ssl.base import Gather, SSLMethod, no_gather
+from glcnet.ssl.patches import sample_patches
+from glcnet.transforms import ViewGenerator, Views
 
 
 class GLCNet(SSLMethod):

@@ -15,11 +15,11 @@ from typing import Sequence
 import torch
 
 from glcnet.config import PretrainConfig
-from glcnet.data.views import ViewGenerator, Views
 from glcnet.errors import GlcnetError
 from glcnet.losses import MaskedMSELoss, embedding_std
 from glcnet.models.heads import ReconstructionHead
 from glcnet.ssl.base import Gather, SSLMethod, no_gather
+from glcnet.transforms import ViewGenerator, Views
 
 
 def block_mask(batch: int, size: int, block: int, ratio: float, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 
 from glcnet.config import PretrainConfig
-from glcnet.data.views import ViewGenerator, Views
 from glcnet.errors import GlcnetError
 from glcnet.losses import embedding_std
 from glcnet.models.heads import JigsawHead
 from glcnet.ssl.base import Gather, SSLMethod, no_gather
+from glcnet.transforms import ViewGenerator, Views
 
 MAX_CANDIDATES = 40000
 

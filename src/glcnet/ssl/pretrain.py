@@ -3,7 +3,7 @@
 The loader only reads raw tiles (memory-mapped windows, cheap); the two augmented views
 and their patch correspondence are made *on the training device*, batched, inside the
 method's ``forward`` (or, with ``views.in_loader=true``, in the DataLoader workers by
-:class:`~glcnet.data.views.ViewCollate`, and the step receives :class:`~glcnet.data.views.Views`). Writes into the run directory:
+:class:`~glcnet.transforms.ViewCollate`, and the step receives :class:`~glcnet.transforms.Views`). Writes into the run directory:
 
     config.yaml, run.json, metrics.jsonl, logs/   (see glcnet.runs)
     checkpoints/last.ckpt                         full state for --resume
@@ -22,10 +22,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from glcnet.config import PretrainConfig, load_config, to_dict
-from glcnet.data.views import ViewCollate, Views
 from glcnet.engine import build_trainer, configure_optim, load_torch, loader_workers, resume_ckpt, seed_everything
 from glcnet.errors import GlcnetError
 from glcnet.runs import RunDir
+from glcnet.transforms import ViewCollate, Views
 from glcnet.utils.atomic import torch_save
 
 

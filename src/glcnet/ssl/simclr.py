@@ -11,10 +11,10 @@ from typing import Sequence
 import torch
 
 from glcnet.config import PretrainConfig
-from glcnet.data.views import ViewGenerator, Views
 from glcnet.losses import NTXentLoss, embedding_std
 from glcnet.models.heads import ProjectionHead
 from glcnet.ssl.base import Gather, SSLMethod, no_gather
+from glcnet.transforms import ViewGenerator, Views
 
 
 class SimCLR(SSLMethod):

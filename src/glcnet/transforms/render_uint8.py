@@ -1,7 +1,7 @@
-"""Both views of a batch of uint8 tiles on the CPU: the fast path of :class:`~glcnet.data.views.ViewGenerator`.
+"""Renderer of both views of a batch of uint8 tiles on the CPU (the fast backend there).
 
-Same parameters, geometry and photometric maths as the float path (conventions: the
-module doc of :mod:`glcnet.data.views`); only the resampling kernel differs. One sample at
+Same parameters, geometry and photometric maths as :mod:`glcnet.transforms.render_torch`
+(conventions: :mod:`glcnet.transforms.geometry`); only the resampling kernel differs. One sample at
 a time (its data stays in the CPU cache):
 
 1. resize both crops: the integer crop box through ``F.interpolate(mode="bilinear",
@@ -13,11 +13,11 @@ a time (its data stays in the CPU cache):
    transpose, applied last (the colour map and the blur commute with it); the colour
    ``x -> clamp(A x / 255 + K m / 255, 0, 1)`` (``m``: band means) is one matrix product
    ``[C, G c'] @ [G c', s*s]`` of the pixels, which also makes the bands planar; then the
-   blur of the selected samples (:func:`~glcnet.data.views.blur_planes`).
+   blur of the selected samples (:func:`~glcnet.transforms.photometric.blur_planes`).
 
 Why: on 2 CPU cores this is several times faster than the batched float ``grid_sample``
 (``glcnet benchmark views``), which matters where views are made on the CPU, i.e. in
-DataLoader workers feeding a GPU (:class:`~glcnet.data.views.ViewCollate`).
+DataLoader workers feeding a GPU (:class:`~glcnet.transforms.views.ViewCollate`).
 """
 
 from __future__ import annotations
@@ -26,8 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from glcnet.data.views import blur_planes
 from glcnet.errors import GlcnetError
+from glcnet.transforms.geometry import flip_rot_dims
+from glcnet.transforms.params import ViewParams
+from glcnet.transforms.photometric import blur_planes
 
 
 def band_groups(images: Tensor) -> Tensor:
@@ -47,18 +49,6 @@ def band_groups(images: Tensor) -> Tensor:
     return padded.view(b, h, w, g, 4).permute(0, 3, 1, 2, 4).contiguous()
 
 
-def flip_rot_dims(hflip: bool, vflip: bool, rot: int) -> tuple[tuple[int, ...], bool]:
-    """``G = R^k V^vflip H^hflip`` on an image as (dims to flip, then transpose?).
-
-    ``torch.rot90(x, k, dims=(-2, -1))`` is ``x.flip(-1).mT`` (k=1), ``x.flip(-2, -1)`` (k=2),
-    ``x.flip(-2).mT`` (k=3); flips commute, so the whole map is one flip and an optional
-    transpose: width flipped iff ``hflip xor k in {1, 2}``, height iff ``vflip xor k in {2, 3}``.
-    """
-    k = rot % 4
-    dims = tuple(d for d, on in ((-2, vflip != (k in (2, 3))), (-1, hflip != (k in (1, 2)))) if on)
-    return dims, k % 2 == 1
-
-
 def _band_sums(bands: Tensor) -> Tensor:
     """Row sums of ``bands`` [K, N] float, contiguous or the transpose of a contiguous
     [N, K] (whose ``sum(0)`` vectorises badly for small K: reduced over wide rows instead)."""
@@ -76,10 +66,10 @@ def _resize(src: Tensor, box: list[int], size: int) -> Tensor:
     return F.interpolate(src[..., y0:y1, x0:x1], size=(size, size), mode="bilinear", align_corners=False)
 
 
-def render_uint8(images: Tensor, params: dict[str, Tensor], size: int) -> tuple[Tensor, Tensor]:
+def render_uint8(images: Tensor, params: ViewParams, size: int) -> tuple[Tensor, Tensor]:
     """View 1 and view 2 (float ``[B, C, size, size]`` in [0, 1]) of uint8 ``images`` on the CPU.
 
-    ``params`` as drawn by ``ViewGenerator._draw`` (integer crop boxes).
+    ``params`` as drawn by :func:`~glcnet.transforms.params.draw_params` (integer crop boxes).
     """
     b, c = images.shape[:2]
     boxes = torch.cat([params["box1"], params["box2"]], 1)
