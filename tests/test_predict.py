@@ -110,7 +110,7 @@ def test_cli_predict_and_bad_inputs(tmp_path, model_pt, cli, capsys):
     torch_save({**ckpt, "kind": "pretrained"}, pre)
     cases = [
         ((model_pt, three), "three.tif: has 3 bands but the model expects 4"),
-        ((model_pt, text), "notes.tif: not a readable raster"),
+        ((model_pt, text), "notes.tif: cannot read raster"),
         ((model_pt, corrupt), "corrupt.tif: cannot read rows"),
         ((tmp_path / "missing.pt", good), "missing.pt: model checkpoint not found"),
         ((pre, good), "no classification head"),

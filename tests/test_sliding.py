@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from glcnet.data.splits import window_starts
 from glcnet.errors import GlcnetError
-from glcnet.finetune.sliding import (blend_weights, iter_sliding, sliding_classes, sliding_probs,
-                                     window_starts)
+from glcnet.finetune.sliding import blend_weights, iter_sliding, sliding_classes, sliding_probs
 
 
 def pointwise_model(c: int = 3, k: int = 4) -> nn.Module:

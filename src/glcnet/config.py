@@ -7,12 +7,13 @@ Unknown keys are errors that list the valid keys.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Mapping, TypeVar
 
 import yaml
 
@@ -34,7 +35,7 @@ class ModelConfig:
 
 @dataclass
 class ViewConfig:
-    """Two-view generation for pretraining (spec "Pretraining views")."""
+    """Two-view generation for pretraining (:class:`glcnet.transforms.ViewGenerator`)."""
 
     size: int = 224  # output side of both views
     scale: tuple[float, float] = (0.4, 1.0)  # RandomResizedCrop area fraction
@@ -318,3 +319,23 @@ def save_config(cfg: Any, path: str | Path) -> None:
 def replace(cfg: T, **changes: Any) -> T:
     """``dataclasses.replace`` re-exported for convenience."""
     return dataclasses.replace(cfg, **changes)
+
+
+def add_config_args(parser: argparse.ArgumentParser, packaged: str, *, run_dir: bool = True,
+                    example: str = "optim.epochs=5") -> None:
+    """The config arguments of a command: ``--config``, positional ``KEY=VALUE`` overrides and,
+    for a command with a run directory, ``--data``, ``--out`` and ``--resume``."""
+    parser.add_argument("--config", help=f"YAML config or packaged config name ({packaged})")
+    if run_dir:
+        parser.add_argument("--data", help="prepared data set folder (overrides data:)")
+        parser.add_argument("--out", help="run directory (overrides out:)")
+        parser.add_argument("--resume", action="store_true", help="continue a killed run from checkpoints/last.ckpt")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=f"config overrides, e.g. {example}")
+
+
+def config_from_args(cls: type[T], args: argparse.Namespace, flags: Mapping[str, str] | None = None) -> T:
+    """``cls`` loaded from ``args.config`` with ``args.overrides``, then the given flags
+    (``{argument: config key}``; default ``--data``, ``--out``) where set: flags win."""
+    flags = {"data": "data", "out": "out"} if flags is None else flags
+    given = [f"{key}={getattr(args, dest)}" for dest, key in flags.items() if getattr(args, dest, None) is not None]
+    return load_config(cls, args.config, list(args.overrides) + given)

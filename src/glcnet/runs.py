@@ -83,6 +83,13 @@ class RunDir:
             f.write(json.dumps(record, default=float) + "\n")
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        if not self.metrics_path.exists():
+        """The records of metrics.jsonl, in order; a line cut by a kill is skipped."""
+        if not self.metrics_path.is_file():
             return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        rows = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return rows

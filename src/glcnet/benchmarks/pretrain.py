@@ -1,6 +1,6 @@
 """``glcnet benchmark pretrain``: training throughput of glcnet vs simclr, and loader throughput.
 
-Targets (issue 5): the GLCNet step costs at most 1.3x the SimCLR step (same network, same
+Targets: the GLCNet step costs at most 1.3x the SimCLR step (same network, same
 views, batch and device), and the data pipeline delivers at least 3x the step throughput.
 A step = view generation on the device + forward + backward + Adam step, exactly the work of
 ``glcnet pretrain``. The loader reads tiles of a prepared data set (synthetic scenes made on

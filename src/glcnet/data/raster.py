@@ -10,19 +10,27 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from glcnet.errors import GlcnetError
 
+if TYPE_CHECKING:
+    from rasterio.io import DatasetReader
+
 RASTER_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 
 
-def _open(path: Path):
+def open_raster(path: str | Path) -> DatasetReader:
+    """``rasterio.open(path)`` or a one-line error (missing, not a raster, corrupt header).
+
+    PNG/JPEG without georeferencing open silently (no ``NotGeoreferencedWarning``).
+    """
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning
 
+    path = Path(path)
     if not path.is_file():
         raise GlcnetError(f"{path}: file not found")
     with warnings.catch_warnings():
@@ -54,7 +62,7 @@ def _check_png(path: Path) -> None:
 def probe(path: str | Path) -> dict[str, Any]:
     """Header only: ``{"count", "height", "width", "dtype"}`` (cheap, for early checks)."""
     path = Path(path)
-    with _open(path) as src:
+    with open_raster(path) as src:
         return {"count": src.count, "height": src.height, "width": src.width, "dtype": src.dtypes[0]}
 
 
@@ -66,7 +74,7 @@ def read_raster(path: str | Path, bands: Sequence[int] | None = None) -> tuple[n
     "alpha" is read like any band (the Potsdam RGBIR tiles store NIR there).
     """
     path = Path(path)
-    with _open(path) as src:
+    with open_raster(path) as src:
         _check_png(path)
         idx = list(range(src.count)) if bands is None else list(bands)
         bad = [b for b in idx if not 0 <= b < src.count]

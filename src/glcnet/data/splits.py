@@ -4,7 +4,8 @@
   lists, folder names) are kept; other labelled scenes get a seeded random split by
   ratios; scenes without a mask are ``unlabeled`` (pretraining only).
 * Tiles: windows of ``tile`` px every ``stride`` px; the last row/column is aligned to
-  the scene border so the whole scene is covered.
+  the scene border so the whole scene is covered (:func:`window_starts`, also the
+  sliding-window inference's rule).
 * Labelled subsets: a seeded permutation of the train tiles that have labelled pixels;
   fraction f takes the first ``max(1, ceil(f * N))``, so smaller subsets are inside
   larger ones by construction.
@@ -118,14 +119,20 @@ def assign_splits(scenes: dict[str, tuple[str | None, bool]], *, seed: int = 0,
     return out
 
 
+def window_starts(size: int, window: int, stride: int) -> list[int]:
+    """Window origins along one axis: 0, stride, 2 stride, ... and ``size - window`` last, so
+    the windows cover ``0..size-1``; ``[0]`` when ``size <= window``."""
+    if size <= window:
+        return [0]
+    starts = list(range(0, size - window + 1, stride))
+    if starts[-1] != size - window:
+        starts.append(size - window)
+    return starts
+
+
 def tile_windows(height: int, width: int, tile: int, stride: int) -> list[tuple[int, int]]:
     """Top-left corners ``(x, y)`` of ``tile`` x ``tile`` windows covering the whole scene."""
-
-    def starts(n: int) -> list[int]:
-        s = list(range(0, n - tile + 1, stride))
-        return s + [n - tile] if s[-1] != n - tile else s
-
-    return [(x, y) for y in starts(height) for x in starts(width)]
+    return [(x, y) for y in window_starts(height, tile, stride) for x in window_starts(width, tile, stride)]
 
 
 def labelled_subsets(tile_ids: Sequence[int], fractions: Sequence[float] = DEFAULT_FRACTIONS,

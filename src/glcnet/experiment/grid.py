@@ -36,8 +36,16 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from glcnet.config import (ExperimentConfig, FinetuneConfig, PretrainConfig, apply_overrides, from_dict,
-                           load_config, to_dict)
+from glcnet.config import (
+    ExperimentConfig,
+    FinetuneConfig,
+    PretrainConfig,
+    add_config_args,
+    apply_overrides,
+    config_from_args,
+    from_dict,
+    to_dict,
+)
 from glcnet.errors import GlcnetError
 from glcnet.experiment.table import CellResult, frac_label, split_spec, write_tables
 from glcnet.runs import RunDir
@@ -289,13 +297,13 @@ def run(cfg: ExperimentConfig, only_table: bool = False, title: str = "", note: 
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="experiment YAML or packaged config name (experiment_cpu, experiment_potsdam_paper)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. seeds=[0,1] pretrain.optim.epochs=5")
+    add_config_args(parser, "experiment_cpu, experiment_potsdam_paper", run_dir=False,
+                    example="seeds=[0,1] pretrain.optim.epochs=5")
     parser.add_argument("--only-table", action="store_true", help="rebuild the tables from finished cells; run nothing")
 
 
 def main(args: argparse.Namespace) -> int:
-    cfg = load_config(ExperimentConfig, args.config, args.overrides)
+    cfg = config_from_args(ExperimentConfig, args, {})
     paths = run(cfg, only_table=args.only_table)
     print(paths["md"].read_text())
     print(f"report: {paths['md'].parent}  (results.md, results.csv, kappa_vs_fraction.png)")

@@ -24,13 +24,17 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from glcnet.errors import GlcnetError
 
 
 def confusion_matrix(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray,
                      num_classes: int, ignore_index: int = 255) -> torch.Tensor:
-    """Pooled confusion matrix ``[K, K]`` (int64, rows = truth) by one ``bincount``.
+    """Pooled confusion matrix ``[K, K]`` (int64, rows = truth): torchmetrics'
+    ``multiclass_confusion_matrix``, the one validation also accumulates
+    (:class:`~glcnet.finetune.task.SegmentationTask`), after a check that turns bad masks
+    into one-line errors.
 
     ``pred`` and ``target`` are class indices of any (equal) shape; ``target == ignore_index``
     pixels are skipped. A target value outside ``0..K-1`` (and not ignore) is an error.
@@ -39,15 +43,14 @@ def confusion_matrix(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.
     target = torch.as_tensor(target).reshape(-1).long()
     if pred.shape != target.shape:
         raise GlcnetError(f"prediction has {pred.numel()} pixels but the mask has {target.numel()}")
-    keep = target != ignore_index
-    pred, target = pred[keep], target[keep]
-    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= num_classes):
-        raise GlcnetError(f"mask holds class {int(target.max())} but there are only {num_classes} classes "
+    labelled = target[target != ignore_index]
+    if labelled.numel() and (int(labelled.min()) < 0 or int(labelled.max()) >= num_classes):
+        raise GlcnetError(f"mask holds class {int(labelled.max())} but there are only {num_classes} classes "
                           f"(ignore index {ignore_index})")
     if pred.numel() and (int(pred.min()) < 0 or int(pred.max()) >= num_classes):
         raise ValueError(f"prediction outside 0..{num_classes - 1}")
-    idx = target * num_classes + pred  # [N]
-    return torch.bincount(idx.cpu(), minlength=num_classes * num_classes).view(num_classes, num_classes)
+    return multiclass_confusion_matrix(pred, target, num_classes, ignore_index=ignore_index,
+                                       validate_args=False).cpu()
 
 
 def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from glcnet.config import EvalConfig
+from glcnet.data.raster import open_raster, scale
 from glcnet.errors import GlcnetError
 from glcnet.finetune.report import colorize
 from glcnet.finetune.sliding import BLENDS, check_window, iter_sliding
@@ -47,24 +47,9 @@ def inference_fn(model: torch.nn.Module, device: torch.device | str) -> Callable
     return lambda x: model.predict_logits(x.contiguous(memory_format=torch.channels_last))
 
 
-def _open(path: Path):
-    """rasterio dataset or a one-line error (missing, not a raster, corrupt header)."""
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning
-
-    if not path.is_file():
-        raise GlcnetError(f"{path}: file not found")
-    try:
-        with warnings.catch_warnings():  # PNG/JPEG: written without CRS, which is fine
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(path)
-    except Exception as e:
-        raise GlcnetError(f"{path}: not a readable raster ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-
-
 def check_input(path: Path, ckpt: dict[str, Any]) -> None:
     """Readable raster with the model's band count."""
-    with _open(path) as src:
+    with open_raster(path) as src:
         if src.count != ckpt["in_channels"]:
             raise GlcnetError(f"{path}: has {src.count} bands but the model expects {ckpt['in_channels']} "
                               f"({', '.join(ckpt['bands'])})")
@@ -78,7 +63,6 @@ def predict_raster(model: torch.nn.Module, ckpt: dict[str, Any], path: str | Pat
     from rasterio.windows import Window
     from tqdm.auto import tqdm
 
-    from glcnet.data.raster import scale
 
     path, out_dir, cfg = Path(path), Path(out_dir), cfg or EvalConfig()
     out = {"pred": out_dir / f"{path.stem}_pred.tif", "png": out_dir / f"{path.stem}_pred.png"}
@@ -86,7 +70,7 @@ def predict_raster(model: torch.nn.Module, ckpt: dict[str, Any], path: str | Pat
         out["probs"] = out_dir / f"{path.stem}_probs.tif"
     k, colors = len(ckpt["classes"]), ckpt["colors"]
     model_fn = inference_fn(model, device)
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), _open(path) as src, contextlib.ExitStack() as stack:
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), open_raster(path) as src, contextlib.ExitStack() as stack:
         h, w = src.height, src.width
         tmp = {name: stack.enter_context(atomic_path(p)) for name, p in out.items()}
         profile = dict(driver="GTiff", height=h, width=w, dtype="uint8", crs=src.crs, transform=src.transform,

@@ -31,21 +31,12 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from glcnet.data.splits import window_starts
 from glcnet.errors import GlcnetError
 
 ModelFn = Callable[[torch.Tensor], torch.Tensor]  # [B, C, w, w] -> logits [B, K, w, w]
 ReadRows = Callable[[int, int], np.ndarray | torch.Tensor]  # (y0, y1) -> [C, y1 - y0, W]
 BLENDS = ("gaussian", "linear", "mean")
-
-
-def window_starts(size: int, window: int, stride: int) -> list[int]:
-    """Window origins along one axis: 0, stride, 2 stride, ... and ``size - window`` last."""
-    if size <= window:
-        return [0]
-    starts = list(range(0, size - window + 1, stride))
-    if starts[-1] != size - window:
-        starts.append(size - window)
-    return starts
 
 
 def blend_weights(window: int, kind: str = "gaussian") -> torch.Tensor:

@@ -18,14 +18,13 @@ holds the last weights and says so (``selected_on``), with a warning.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-from glcnet.config import FinetuneConfig, load_config
+from glcnet.config import FinetuneConfig, add_config_args, config_from_args
 from glcnet.engine import build_trainer, loader_workers, resume_ckpt, seed_everything
 from glcnet.errors import GlcnetError
 from glcnet.finetune.task import MONITOR, SegmentationTask, first
@@ -80,16 +79,7 @@ def selected_val_metrics(run_dir: str | Path) -> dict[str, float]:
     """Val-scene metrics of the selected validation pass (max ``val_miou``, the first on ties),
     read from the run's ``metrics.jsonl``: ``{"kappa": .., "miou": .., "oa": .., "mean_f1": ..}``;
     empty when no validation pass ran."""
-    path = Path(run_dir) / "metrics.jsonl"
-    rows = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by a kill
-                continue
-            if MONITOR in row:
-                rows.append(row)
+    rows = [row for row in RunDir(run_dir).read_metrics() if MONITOR in row]
     if not rows:
         return {}
     best = max(rows, key=lambda r: r[MONITOR])  # max keeps the first of equal values
@@ -149,24 +139,16 @@ def run(cfg: FinetuneConfig, resume: bool = False) -> Path:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML config or packaged name (finetune_cpu, finetune_paper)")
-    parser.add_argument("--data", help="prepared data set folder (overrides data:)")
-    parser.add_argument("--out", help="run directory (overrides out:)")
+    add_config_args(parser, "finetune_cpu, finetune_paper")
     parser.add_argument("--init", help="pretrained.pt, a pretraining run folder, or none (random init)")
     parser.add_argument("--fraction", type=float, help="labelled subset chosen by prepare: 0.01 0.05 0.1 0.2 1.0")
     parser.add_argument("--load", choices=["encoder", "encoder+aspp", "all"], help="pretrained part to load")
     parser.add_argument("--freeze", choices=FREEZE,
                         help="keep this part as loaded (no gradient, frozen BN statistics): a feature probe")
-    parser.add_argument("--resume", action="store_true", help="continue a killed run from checkpoints/last.ckpt")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.epochs=5")
 
 
 def main(args: argparse.Namespace) -> int:
-    overrides = list(args.overrides)
-    for key in ("data", "out", "init", "fraction", "load", "freeze"):
-        if getattr(args, key) is not None:
-            overrides.append(f"{key}={getattr(args, key)}")
-    cfg = load_config(FinetuneConfig, args.config, overrides)
+    cfg = config_from_args(FinetuneConfig, args, {k: k for k in ("data", "out", "init", "fraction", "load", "freeze")})
     path = run(cfg, resume=args.resume)
     print(f"fine-tuned model (best {MONITOR} on the val scenes): {path}")
     return 0

@@ -16,7 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from glcnet.losses.ntxent import Gather, NTXentLoss, _identity
+from glcnet.losses.ntxent import NTXentLoss
+from glcnet.utils.dist import Gather, no_gather
 
 
 def pool_patches(feat: torch.Tensor, boxes: torch.Tensor, spatial_scale: float = 0.25,
@@ -40,7 +41,7 @@ class LocalMatchingLoss(nn.Module):
         self.ntxent = NTXentLoss(temperature)
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor, valid: torch.Tensor | None = None,
-                gather: Gather = _identity) -> torch.Tensor:
+                gather: Gather = no_gather) -> torch.Tensor:
         """``z1, z2 [B, P, d]`` (patch embeddings of view 1 / view 2), ``valid [B, P]``."""
         flat_valid = None if valid is None else valid.reshape(-1)  # [B*P]
         return self.ntxent(z1.flatten(0, 1), z2.flatten(0, 1), gather, flat_valid)

@@ -18,20 +18,13 @@ negative (used by the local matching loss for patches outside the views' overlap
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from glcnet.errors import GlcnetError
 from glcnet.utils import dist
-
-Gather = Callable[[torch.Tensor], torch.Tensor]
-
-
-def _identity(x: torch.Tensor) -> torch.Tensor:
-    return x
+from glcnet.utils.dist import Gather, no_gather
 
 
 class NTXentLoss(nn.Module):
@@ -43,7 +36,7 @@ class NTXentLoss(nn.Module):
             raise GlcnetError(f"NT-Xent temperature (method.temperature) must be > 0, got {temperature}")
         self.temperature = temperature
 
-    def forward(self, z1: torch.Tensor, z2: torch.Tensor, gather: Gather = _identity,
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor, gather: Gather = no_gather,
                 valid: torch.Tensor | None = None) -> torch.Tensor:
         with torch.autocast(z1.device.type, enabled=False):  # similarities in float32 under AMP
             return self._loss(z1, z2, gather, valid)

@@ -22,7 +22,6 @@ from typing import Sequence
 
 import segmentation_models_pytorch as smp
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from glcnet.config import ModelConfig
@@ -109,7 +108,3 @@ def build_model(cfg: ModelConfig, in_channels: int, num_classes: int = 0,
         std=std,
     )
 
-
-def interpolate_like(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """Bilinearly resize ``x`` to the spatial size of ``ref``."""
-    return F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=False)

@@ -2,43 +2,55 @@
 
 from __future__ import annotations
 
-from typing import Callable, ClassVar, Sequence
+from typing import ClassVar, Sequence
 
 import torch
 from torch import nn
 
-from glcnet.config import PretrainConfig
+from glcnet.config import MethodConfig, PretrainConfig
 from glcnet.models import build_model
-
-Gather = Callable[[torch.Tensor], torch.Tensor]
-
-
-def no_gather(x: torch.Tensor) -> torch.Tensor:
-    """Single process: the global batch is the local batch."""
-    return x
+from glcnet.transforms import ViewGenerator, Views
+from glcnet.utils.dist import Gather, no_gather
 
 
 class SSLMethod(nn.Module):
     """A self-supervised method around one DeepLabv3+ network ``self.net``.
 
-    ``forward(images, gather)`` takes a batch of unlabeled tiles ``[B, C, H, W]`` in [0, 1] (or uint8 = value / 255)
-    and returns a dict with the scalar ``loss`` to minimise, each named loss term
+    The base builds what every method shares: ``self.cfg``, the network ``self.net`` (no
+    classifier) and the view generator ``self.views``; then :meth:`build` checks the
+    method's options and adds its heads and losses.
+
+    ``forward(images, gather)`` takes a batch of unlabeled tiles ``[B, C, H, W]`` in [0, 1]
+    (or uint8 = value / 255), or :class:`~glcnet.transforms.Views` made by the DataLoader
+    workers, and returns a dict with the scalar ``loss`` to minimise, each named loss term
     (e.g. ``loss_global``, ``loss_local``) and ``emb_std`` (collapse monitor: mean
     per-dimension std of the L2-normalised embeddings; ~0 means collapse, ~1/sqrt(d) is healthy).
     ``gather`` all-gathers a tensor over DDP ranks *with gradient* (identity on one process),
     so contrastive negatives come from the global batch.
     ``pretrained_state_dict()`` is what fine-tuning loads (keys of :class:`glcnet.models.DeepLab`).
+    ``find_unused_parameters``: some parameters get no gradient (DDP must be told).
     """
 
     name: ClassVar[str] = ""
+    find_unused_parameters: bool = False
 
     def __init__(self, cfg: PretrainConfig, in_channels: int,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
         super().__init__()
         self.cfg = cfg
         self.net = build_model(cfg.model, in_channels, num_classes=0, mean=mean, std=std)
+        self.views = ViewGenerator(cfg.views)
+        self.build(cfg.method)
 
-    def forward(self, images: torch.Tensor, gather: Gather = no_gather) -> dict[str, torch.Tensor]:
+    def build(self, m: MethodConfig) -> None:
+        """Check the method's options ``m`` and build its heads and losses (``self.net`` exists)."""
+
+    def make_views(self, images: torch.Tensor | Views) -> Views:
+        """The batch's views: made by the DataLoader workers (``views.in_loader``) or here."""
+        return images if isinstance(images, Views) else self.views(images)
+
+    def forward(self, images: torch.Tensor | Views, gather: Gather = no_gather) -> dict[str, torch.Tensor]:
+        """Loss terms of one batch (class doc)."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -46,4 +58,5 @@ class SSLMethod(nn.Module):
         """Called after each optimizer step (e.g. MoCo's momentum update)."""
 
     def pretrained_state_dict(self) -> dict[str, torch.Tensor]:
+        """The network's weights, as ``pretrained.pt`` stores them."""
         return self.net.state_dict()

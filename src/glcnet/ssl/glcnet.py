@@ -13,34 +13,30 @@ Per batch of tiles: two views (``glcnet.transforms``), one DeepLabv3+ pass over 
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 
-from glcnet.config import PretrainConfig
+from glcnet.config import MethodConfig
 from glcnet.errors import GlcnetError
 from glcnet.losses import LocalMatchingLoss, NTXentLoss, embedding_std, pool_patches, style_vector
 from glcnet.models.heads import ProjectionHead
-from glcnet.ssl.base import Gather, SSLMethod, no_gather
+from glcnet.ssl.base import SSLMethod
 from glcnet.ssl.patches import sample_patches
-from glcnet.transforms import ViewGenerator, Views
+from glcnet.transforms import Views
+from glcnet.utils.dist import Gather, no_gather
 
 
 class GLCNet(SSLMethod):
     name = "glcnet"
     find_unused_parameters = False  # set per instance below
 
-    def __init__(self, cfg: PretrainConfig, in_channels: int,
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
-        super().__init__(cfg, in_channels, mean, std)
-        m = cfg.method
+    def build(self, m: MethodConfig) -> None:
+        views = self.cfg.views
         if not 0.0 <= m.lam <= 1.0:
             raise GlcnetError(f"method.lam must be in [0, 1], got {m.lam}")
-        if m.lam < 1 and not 0 < m.patch_size <= cfg.views.size:
-            raise GlcnetError(f"method.patch_size must be in (0, views.size={cfg.views.size}], got {m.patch_size}")
+        if m.lam < 1 and not 0 < m.patch_size <= views.size:
+            raise GlcnetError(f"method.patch_size must be in (0, views.size={views.size}], got {m.patch_size}")
         if m.lam < 1 and m.patch_num < 1:
             raise GlcnetError(f"method.patch_num must be >= 1, got {m.patch_num}")
-        self.views = ViewGenerator(cfg.views)
         a, d = self.net.aspp_channels, self.net.decoder_channels
         self.global_head = ProjectionHead(((2 if m.style else 1) * a, 256, m.proj_dim)) if m.lam > 0 else None
         self.local_head = ProjectionHead((d, 64, m.proj_dim)) if m.lam < 1 else None
@@ -51,7 +47,7 @@ class GLCNet(SSLMethod):
 
     def forward(self, images: torch.Tensor | Views, gather: Gather = no_gather) -> dict[str, torch.Tensor]:
         m = self.cfg.method
-        v = images if isinstance(images, Views) else self.views(images)  # views made in DataLoader workers or here
+        v = self.make_views(images)
         feats = self.net.features(torch.cat([v.view1, v.view2]))  # both views in one pass
         out: dict[str, torch.Tensor] = {}
         loss = v.view1.new_zeros(())

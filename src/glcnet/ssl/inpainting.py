@@ -10,16 +10,15 @@ global average of the ASPP map.
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 
-from glcnet.config import PretrainConfig
+from glcnet.config import MethodConfig
 from glcnet.errors import GlcnetError
 from glcnet.losses import MaskedMSELoss, embedding_std
 from glcnet.models.heads import ReconstructionHead
-from glcnet.ssl.base import Gather, SSLMethod, no_gather
-from glcnet.transforms import ViewGenerator, Views
+from glcnet.ssl.base import SSLMethod
+from glcnet.transforms import Views
+from glcnet.utils.dist import Gather, no_gather
 
 
 def block_mask(batch: int, size: int, block: int, ratio: float, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -37,20 +36,16 @@ class Inpainting(SSLMethod):
     name = "inpainting"
     find_unused_parameters = False
 
-    def __init__(self, cfg: PretrainConfig, in_channels: int,
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
-        super().__init__(cfg, in_channels, mean, std)
-        m = cfg.method
+    def build(self, m: MethodConfig) -> None:
         if not 0.0 < m.mask_ratio < 1.0 or m.mask_block < 1:
             raise GlcnetError(f"inpainting: need 0 < method.mask_ratio < 1 and method.mask_block >= 1, "
                               f"got {m.mask_ratio} and {m.mask_block}")
-        self.views = ViewGenerator(cfg.views)
         self.head = ReconstructionHead(self.net.decoder_channels, self.net.in_channels)
         self.criterion = MaskedMSELoss()
 
     def forward(self, images: torch.Tensor | Views, gather: Gather = no_gather) -> dict[str, torch.Tensor]:
         m = self.cfg.method
-        x = (images if isinstance(images, Views) else self.views(images)).view1  # [B, C, s, s]
+        x = self.make_views(images).view1  # [B, C, s, s]
         mask = block_mask(x.shape[0], x.shape[-1], m.mask_block, m.mask_ratio, x.device)  # [B, 1, s, s]
         feats = self.net.features(x.masked_fill(mask, 0.0))
         pred = self.head(feats["decoder"])  # [B, C, s, s]

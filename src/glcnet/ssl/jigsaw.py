@@ -17,18 +17,18 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from glcnet.config import PretrainConfig
+from glcnet.config import MethodConfig
 from glcnet.errors import GlcnetError
 from glcnet.losses import embedding_std
 from glcnet.models.heads import JigsawHead
-from glcnet.ssl.base import Gather, SSLMethod, no_gather
-from glcnet.transforms import ViewGenerator, Views
+from glcnet.ssl.base import SSLMethod
+from glcnet.transforms import Views
+from glcnet.utils.dist import Gather, no_gather
 
 MAX_CANDIDATES = 40000
 
@@ -55,19 +55,16 @@ class Jigsaw(SSLMethod):
     name = "jigsaw"
     find_unused_parameters = True  # decoder blocks get no gradient
 
-    def __init__(self, cfg: PretrainConfig, in_channels: int,
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
-        super().__init__(cfg, in_channels, mean, std)
-        m = cfg.method
+    def build(self, m: MethodConfig) -> None:
+        size = self.cfg.views.size
         self.grid = m.jigsaw_grid
-        self.cell = cfg.views.size // max(self.grid, 1)
+        self.cell = size // max(self.grid, 1)
         self.tile = self.cell // 16 * 16
         if self.grid < 2 or self.tile < 16:
-            raise GlcnetError(f"jigsaw: views.size={cfg.views.size} with method.jigsaw_grid={self.grid} "
+            raise GlcnetError(f"jigsaw: views.size={size} with method.jigsaw_grid={self.grid} "
                               f"gives tiles under 16 px (need grid >= 2 and size >= 16 * grid)")
         perms = max_hamming_permutations(m.jigsaw_permutations, self.grid ** 2, seed=0)
         self.register_buffer("perms", torch.from_numpy(perms), persistent=False)  # [P, g*g]
-        self.views = ViewGenerator(cfg.views)
         self.head = JigsawHead(self.net.aspp_channels, self.grid ** 2, m.jigsaw_permutations)
 
     def tiles(self, x: torch.Tensor) -> torch.Tensor:
@@ -84,7 +81,7 @@ class Jigsaw(SSLMethod):
         return x[bi, :, ys, xs].permute(0, 1, 4, 2, 3)  # [B, T, t, t, C] -> [B, T, C, t, t]
 
     def forward(self, images: torch.Tensor | Views, gather: Gather = no_gather) -> dict[str, torch.Tensor]:
-        x = (images if isinstance(images, Views) else self.views(images)).view1  # [B, C, s, s]
+        x = self.make_views(images).view1  # [B, C, s, s]
         tiles = self.tiles(x)  # [B, T, C, t, t]
         b, n_tiles = tiles.shape[:2]
         label = torch.randint(0, self.perms.shape[0], (b,), device=x.device)  # [B]

@@ -12,31 +12,27 @@ the GLCNet view pipeline (only view 2 photometrically augmented), no shuffled BN
 from __future__ import annotations
 
 import copy
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from glcnet.config import PretrainConfig
+from glcnet.config import MethodConfig
 from glcnet.errors import GlcnetError
 from glcnet.losses import MoCoInfoNCE, embedding_std
 from glcnet.models.heads import ProjectionHead
-from glcnet.ssl.base import Gather, SSLMethod, no_gather
-from glcnet.transforms import ViewGenerator, Views
+from glcnet.ssl.base import SSLMethod
+from glcnet.transforms import Views
+from glcnet.utils.dist import Gather, no_gather
 
 
 class MoCoV2(SSLMethod):
     name = "mocov2"
     find_unused_parameters = True  # decoder blocks get no gradient
 
-    def __init__(self, cfg: PretrainConfig, in_channels: int,
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
-        super().__init__(cfg, in_channels, mean, std)
-        m = cfg.method
+    def build(self, m: MethodConfig) -> None:
         if m.queue_size < 1 or not 0.0 <= m.momentum <= 1.0:
             raise GlcnetError(f"mocov2: need method.queue_size >= 1 and 0 <= method.momentum <= 1, "
                               f"got {m.queue_size} and {m.momentum}")
-        self.views = ViewGenerator(cfg.views)
         self.head = ProjectionHead((self.net.aspp_channels, 256, m.proj_dim))
         self.key_net = copy.deepcopy(self.net).requires_grad_(False)
         self.key_head = copy.deepcopy(self.head).requires_grad_(False)
@@ -46,7 +42,7 @@ class MoCoV2(SSLMethod):
         self._pending: list[torch.Tensor] = []  # keys of this step, enqueued in on_after_step
 
     def forward(self, images: torch.Tensor | Views, gather: Gather = no_gather) -> dict[str, torch.Tensor]:
-        v = images if isinstance(images, Views) else self.views(images)  # views made in DataLoader workers or here
+        v = self.make_views(images)
         q = self.head(self.net.features(v.view1)["aspp"].mean(dim=(2, 3)))  # [B, d]
         with torch.no_grad():
             k = self.key_head(self.key_net.features(v.view2)["aspp"].mean(dim=(2, 3)))  # [B, d]

@@ -21,8 +21,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from glcnet.config import PretrainConfig, load_config, to_dict
-from glcnet.engine import build_trainer, configure_optim, load_torch, loader_workers, resume_ckpt, seed_everything
+from glcnet.config import PretrainConfig, add_config_args, config_from_args, to_dict
+from glcnet.engine import build_trainer, configure_optim, loader_workers, resume_ckpt, seed_everything
 from glcnet.errors import GlcnetError
 from glcnet.runs import RunDir
 from glcnet.transforms import ViewCollate, Views
@@ -155,34 +155,13 @@ def run(cfg: PretrainConfig, resume: bool = False) -> Path:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML config or packaged config name (pretrain_cpu, pretrain_paper)")
-    parser.add_argument("--data", help="prepared data set folder (overrides data:)")
-    parser.add_argument("--out", help="run directory (overrides out:)")
+    add_config_args(parser, "pretrain_cpu, pretrain_paper")
     parser.add_argument("--method", help="glcnet, glcnet_no_style, glcnet_no_global, glcnet_no_local, "
                         "simclr, mocov2, inpainting, jigsaw")
-    parser.add_argument("--resume", action="store_true", help="continue a killed run from checkpoints/last.ckpt")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.epochs=5")
 
 
 def main(args: argparse.Namespace) -> int:
-    overrides = list(args.overrides)
-    for key in ("data", "out"):
-        if getattr(args, key):
-            overrides.append(f"{key}={getattr(args, key)}")
-    if args.method:
-        overrides.append(f"method.name={args.method}")
-    cfg = load_config(PretrainConfig, args.config, overrides)
+    cfg = config_from_args(PretrainConfig, args, {"data": "data", "out": "out", "method": "method.name"})
     path = run(cfg, resume=args.resume)
     print(f"pretrained weights: {path}")
     return 0
-
-
-def load_pretrained(path: str | Path) -> dict[str, Any]:
-    """Read a ``pretrained.pt`` (or a pretraining run folder holding one)."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "pretrained.pt"
-    ckpt = load_torch(p, "pretrained checkpoint")
-    if ckpt.get("kind") not in ("pretrained", "segmentation") or "state_dict" not in ckpt:
-        raise GlcnetError(f"{p}: not a glcnet checkpoint (no kind/state_dict)")
-    return ckpt

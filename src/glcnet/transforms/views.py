@@ -1,4 +1,4 @@
-"""Two augmented views of every tile of a batch, with their exact geometry (spec "Pretraining views").
+"""Two augmented views of every tile of a batch, with their exact geometry (docs/design.md, "Two views").
 
 :class:`ViewGenerator` checks the input, draws all random parameters on the CPU
 (:func:`~glcnet.transforms.params.draw_params`), hands them to a renderer and returns

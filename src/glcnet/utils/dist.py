@@ -10,8 +10,17 @@ one rank. All ranks must pass tensors of the same shape.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.distributed as dist
+
+Gather = Callable[[torch.Tensor], torch.Tensor]  # [n, ...] -> [W * n, ...], see gather_with_grad
+
+
+def no_gather(x: torch.Tensor) -> torch.Tensor:
+    """Single process: the global batch is the local batch."""
+    return x
 
 
 def is_distributed() -> bool:
