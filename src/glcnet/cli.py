@@ -13,7 +13,6 @@ import importlib
 import sys
 
 from glcnet.errors import GlcnetError
-from glcnet.utils.memory import keep_freed_memory
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -51,7 +50,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     _quiet_libraries()
-    keep_freed_memory()  # steady-state batches without page faults (glcnet.utils.memory)
     try:
         module = importlib.import_module(COMMANDS[args.command][0])
         return int(module.main(args) or 0)

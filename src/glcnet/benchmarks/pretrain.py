@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from glcnet.config import MethodConfig, ModelConfig, PretrainConfig, ViewConfig
+from glcnet.utils.memory import keep_freed_memory
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -96,6 +97,7 @@ def _loader_rate(args: argparse.Namespace, batch: int) -> float:
 
 
 def main(args: argparse.Namespace) -> int:
+    keep_freed_memory()  # as glcnet pretrain does
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     encoder = args.encoder or ("resnet50" if device.type == "cuda" else "resnet18")
     batch = args.batch or (128 if device.type == "cuda" else 16)

@@ -32,6 +32,7 @@ from glcnet.errors import GlcnetError
 from glcnet.ssl.patches import sample_patches
 from glcnet.transforms import ViewGenerator
 from glcnet.utils.atomic import write_json
+from glcnet.utils.memory import keep_freed_memory
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -76,8 +77,6 @@ def _generator(args: argparse.Namespace) -> ViewGenerator:
 
 def _process(args: argparse.Namespace, rank: int, barrier, results) -> None:
     """One of ``--processes``: one torch thread; the reference on its batches, then ours."""
-    from glcnet.utils.memory import keep_freed_memory
-
     keep_freed_memory()
     torch.set_num_threads(1)
     rng = np.random.default_rng(args.seed + 1 + rank)
@@ -129,6 +128,7 @@ def main(args: argparse.Namespace) -> int:
         raise GlcnetError(f"benchmark views: device {args.device!r} is not usable ({e})") from None
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as glcnet pretrain does
     rng = np.random.default_rng(args.seed)
     rnd = random.Random(args.seed)
     g = torch.Generator().manual_seed(args.seed)

@@ -27,6 +27,7 @@ from glcnet.errors import GlcnetError
 from glcnet.runs import RunDir
 from glcnet.transforms import ViewCollate, Views
 from glcnet.utils.atomic import torch_save
+from glcnet.utils.memory import keep_freed_memory
 
 
 def _batch_size(batch: dict[str, torch.Tensor] | Views) -> int:
@@ -122,6 +123,7 @@ def run(cfg: PretrainConfig, resume: bool = False) -> Path:
 
     if not cfg.data:
         raise GlcnetError("pretrain: no data set given (--data PREPARED or data: in the config)")
+    keep_freed_memory()  # views batch after batch without page faults; inherited by the DataLoader workers
     ds = PreparedDataset(cfg.data)
     out = Path(cfg.out)
     last = resume_ckpt(RunDir(out))
