@@ -55,11 +55,17 @@ class FakeStages:
         k = BASE[m["method"]] + 0.1 * m["fraction"] + 0.01 * m["seed"]
         return {"kappa": k, "miou": k - 0.1, "oa": k + 0.2, "mean_f1": k + 0.05, "per_class": {}}
 
+    def probe(self, init, data, cfg, model_cfg, seed):
+        method = "none" if init == "none" else json.loads(Path(init).read_text())["method"]
+        self.calls.append(("probe", method, cfg.fraction, seed))
+        return {"decoder": {"miou": BASE[method] / 2, "kappa": 0.1, "oa": 0.5}, "seconds": 0.1, "init": init}
+
     def stages(self):
         from glcnet.finetune.train import selected_val_metrics
 
         return {"methods": ["none", "simclr", "mocov2", "glcnet"], "pretrain": self.pretrain,
-                "finetune": self.finetune, "evaluate": self.evaluate, "val_metrics": selected_val_metrics}
+                "finetune": self.finetune, "evaluate": self.evaluate, "val_metrics": selected_val_metrics,
+                "probe": self.probe}
 
     def count(self, kind):
         return sum(c[0] == kind for c in self.calls)
@@ -115,6 +121,18 @@ def test_grid_runs_every_cell_and_pretrains_once(fake, cfg):
     assert res["val"] == {"miou": 0.4, "kappa": pytest.approx(0.55), "oa": 0.9}
     assert float(r["val_kappa_mean"]) == pytest.approx(0.55) and r["val_mean_f1_mean"] == ""
     assert "| GLCNet | 1% | 0 | done | 60.10 | 55.00 |" in md
+    # frozen probe of every cell's initial network, on the cell's labelled subset
+    assert sorted(c[1:] for c in fake.calls if c[0] == "probe" and c[3] == 0) == [
+        ("glcnet", 0.01, 0), ("glcnet", 0.1, 0), ("none", 0.01, 0), ("none", 0.1, 0), ("simclr", 0.01, 0),
+        ("simclr", 0.1, 0)]
+    assert float(r["probe_decoder_miou_mean"]) == pytest.approx(0.30) and r["probe_aspp_miou_mean"] == ""
+    # paired differences: glcnet - none = 0.20 and glcnet - simclr = 0.10 for every seed (zero spread)
+    assert (r["dkappa_vs_none_n"], float(r["dkappa_vs_none_mean"])) == ("3", pytest.approx(0.20))
+    assert float(r["dkappa_vs_none_low"]) == pytest.approx(0.20) == float(r["dkappa_vs_none_high"])
+    assert float(r["dkappa_vs_simclr_mean"]) == pytest.approx(0.10)
+    paired = md.split("## Paired differences")[1].split("## Cells")[0]
+    glc = next(ln for ln in paired.splitlines() if ln.startswith("| GLCNet"))
+    assert glc.startswith("| GLCNet | +20.00 [+20.00, +20.00] | +10.00 [+10.00, +10.00] | 55.00 | 30.00 | – |")
 
 
 def test_method_entries_with_overrides_are_their_own_rows(fake, cfg):
@@ -129,7 +147,7 @@ def test_method_entries_with_overrides_are_their_own_rows(fake, cfg):
     assert sorted(p.name.split("-s0-")[0] for p in (Path(cfg.out) / "pretrain").iterdir()) == [
         "glcnet", "glcnet+method.lam=0.25+views.scale=_0.2_1.0_"]
     md = paths["md"].read_text()
-    rows = [ln.split(" | ")[0] for ln in md.split("## Cells")[0].splitlines() if ln.startswith("| ") and "@" not in ln]
+    rows = [ln.split(" | ")[0] for ln in md.split("## Paired")[0].splitlines() if ln.startswith("| ") and "@" not in ln]
     assert rows == ["| Random init", "| GLCNet", "| GLCNet [method.lam=0.25,views.scale=[0.2,1.0]]"]
     for bad, msg in [(["glcnet[method.nope=1]"], "unknown key 'nope'"), (["none[method.lam=1]"], "nothing to pretrain"),
                      (["glcnet[lam]"], "'lam' is not key=value"), (["glcnet", "glcnet"], "listed twice"),

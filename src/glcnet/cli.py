@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("glcnet.data.info_cli", "summarise a prepared data set"),
     "pretrain": ("glcnet.ssl.pretrain", "self-supervised pretraining (glcnet, simclr, mocov2, inpainting, jigsaw)"),
     "finetune": ("glcnet.finetune.train", "fine-tune DeepLabv3+ on a labelled fraction, select on val scenes"),
+    "probe": ("glcnet.finetune.probe_cli", "dense linear probe of frozen features (any checkpoint or none) on the val scenes"),
     "evaluate": ("glcnet.finetune.evaluate", "whole-scene sliding-window evaluation: OA, Kappa, mIoU, F1"),
     "predict": ("glcnet.finetune.predict", "predict georeferenced class maps for rasters of any size"),
     "experiment": ("glcnet.experiment.grid", "methods x label fractions x seeds comparison table"),

@@ -110,6 +110,20 @@ class TrainerConfig:
     checkpoint_every: int = 1  # epochs between "last" checkpoints
 
 
+@dataclass
+class ProbeConfig:
+    """Dense linear probe of frozen features (``glcnet.finetune.probe``), during pretraining and ``glcnet probe``."""
+
+    every: int = -1  # pretraining steps between probes; -1 = auto (~10 points per run, <= ~10% of its time); 0 = off
+    fraction: float = 0.01  # labelled train subset the probe is fitted on (scored on the val scenes)
+    layers: list[str] = field(default_factory=lambda: ["aspp", "decoder"])
+    pixels: int = 65536  # labelled training pixels sampled (fixed sample)
+    window: int = 0  # val-scene window; 0 = the prepared tile size (the context the probe was fitted on)
+    batch_size: int = 16
+    l2: float = 1.0e-4  # L2 penalty of the logistic regression
+    max_iter: int = 100  # L-BFGS iterations
+
+
 # ----------------------------------------------------------------------------- commands
 @dataclass
 class PretrainConfig:
@@ -121,6 +135,7 @@ class PretrainConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
 
 
 @dataclass
@@ -165,6 +180,7 @@ class ExperimentConfig:
     methods: list[str] = field(default_factory=lambda: ["none", "simclr", "glcnet"])
     fractions: list[float] = field(default_factory=lambda: [0.01])
     seeds: list[int] = field(default_factory=lambda: [0])
+    probe: bool = True  # frozen-feature probe (pretrain.probe.*) of every cell's initial network, and probe curves
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 

@@ -4,8 +4,8 @@ Layout of ``OUT`` (``ExperimentConfig.out``)::
 
     config.yaml, run.json, metrics.jsonl        resolved config and one line per finished cell
     pretrain/<method>-s<seed>-<hash>/           one pretraining per (method, seed), reused by every fraction
-    cells/<method>-f<fraction>-s<seed>-<hash>/  finetune/ (model.pt), eval/, result.json or error.txt
-    results.csv, results.md, kappa_vs_fraction.png
+    cells/<method>-f<fraction>-s<seed>-<hash>/  probe.json, finetune/ (model.pt), eval/, result.json or error.txt
+    results.csv, results.md, kappa_vs_fraction.png, probe_curves.png
 
 A method entry is a name (``glcnet``, ``simclr``, ``glcnet_no_local``...) or a name with
 pretraining overrides, ``glcnet[method.lam=0.25,method.patch_size=8]`` (keys are paths in
@@ -21,6 +21,14 @@ not output paths or logging options), so
 rerunning an unchanged config skips finished work and a changed one runs anew. A killed
 pretraining or fine-tuning resumes from its ``checkpoints/last.ckpt``. A failing cell
 writes its traceback to ``error.txt``, is shown as failed, and the grid goes on.
+
+With ``probe: true`` (default) every cell also probes the frozen features of the network
+its fine-tuning starts from (the pretrained weights, or the seeded random init of
+``none``) on its labelled subset (``probe.json``, columns ``probe_*``), and every
+pretraining runs the online probe (``pretrain.probe``, on the smallest fraction of the
+grid unless ``pretrain.probe.fraction`` is one of the grid's) whose curves over the
+pretraining steps go to ``probe_curves.png``. Probe settings change neither the weights
+nor the fine-tuning, so they are not part of any hash.
 """
 
 from __future__ import annotations
@@ -47,7 +55,8 @@ from glcnet.config import (
     to_dict,
 )
 from glcnet.errors import GlcnetError
-from glcnet.experiment.table import CellResult, frac_label, split_spec, write_tables
+from glcnet.experiment.curves import plot_probe_curves
+from glcnet.experiment.table import CellResult, frac_label, label, split_spec, write_tables
 from glcnet.runs import RunDir
 from glcnet.utils.atomic import write_json, write_text
 
@@ -81,7 +90,8 @@ def _hashable(cfg: Any) -> dict[str, Any]:
     """
     default = _flat(to_dict(type(cfg)()))
     return {k: v for k, v in _flat(to_dict(cfg)).items()
-            if k not in _NO_EFFECT and k != "data" and (k not in default or default[k] != v)}
+            if k not in _NO_EFFECT and k != "data" and not k.startswith("probe.")
+            and (k not in default or default[k] != v)}
 
 
 def data_id(data: str | Path) -> str:
@@ -128,6 +138,10 @@ def pretrain_config(cfg: ExperimentConfig, method: str, seed: int) -> PretrainCo
     else:
         pc = copy.deepcopy(cfg.pretrain)
     pc.data, pc.seed, pc.method.name = cfg.data, seed, name
+    if not any(abs(pc.probe.fraction - f) < 1e-9 for f in cfg.fractions):
+        pc.probe.fraction = min(cfg.fractions)
+    if not cfg.probe:
+        pc.probe.every = 0
     return pc
 
 
@@ -142,8 +156,10 @@ def _stages() -> dict[str, Any]:
     from glcnet.finetune import evaluate, train
     from glcnet.ssl import METHOD_NAMES, pretrain
 
+    from glcnet.finetune.probe_cli import probe_checkpoint
+
     return {"methods": METHOD_NAMES, "pretrain": pretrain.run, "finetune": train.run, "evaluate": evaluate.run,
-            "val_metrics": train.selected_val_metrics}
+            "val_metrics": train.selected_val_metrics, "probe": probe_checkpoint}
 
 
 def _check(cfg: ExperimentConfig) -> None:
@@ -191,12 +207,22 @@ def _train(run_fn: Callable[..., Path], cfg: Any, run: Path) -> Path:
     return run / product.name
 
 
+def _probe_flat(cell: Path) -> dict[str, float]:
+    """``{"decoder_miou": .., "aspp_kappa": ..}`` from ``cell/probe.json`` (empty when absent)."""
+    if not (cell / "probe.json").is_file():
+        return {}
+    r = json.loads((cell / "probe.json").read_text())
+    return {f"{layer}_{k}": float(v) for layer, m in r.items() if isinstance(m, dict)
+            for k, v in m.items() if k in ("miou", "kappa", "oa")}
+
+
 def _read_cell(cell: Path, method: str, fraction: float, seed: int, rel: str) -> CellResult:
     """The stored state of a cell: done (result.json), failed (error.txt) or pending."""
     if (cell / "result.json").is_file():
         r = json.loads((cell / "result.json").read_text())
         val = r["val"] if "val" in r else _stages()["val_metrics"](cell / "finetune")  # cells of older versions
-        return CellResult(method, fraction, seed, rel, "done", {k: r["metrics"][k] for k in r["metrics"]}, val=val)
+        return CellResult(method, fraction, seed, rel, "done", {k: r["metrics"][k] for k in r["metrics"]}, val=val,
+                          probe=_probe_flat(cell))
     if (cell / "error.txt").is_file():
         lines = (cell / "error.txt").read_text().strip().splitlines()
         return CellResult(method, fraction, seed, rel, "failed", error=lines[-1] if lines else "")
@@ -243,18 +269,32 @@ class Grid:
             self._pretrain_errors[run] = f"{type(e).__name__}: {e}"
             raise
 
+    def _probe(self, cell: Path, fraction: float, seed: int, init: str) -> None:
+        """Probe the frozen features of the cell's initial network into ``cell/probe.json`` (once)."""
+        if not self.cfg.probe or (cell / "probe.json").is_file():
+            return
+        pc = copy.deepcopy(self.cfg.pretrain.probe)
+        pc.fraction = fraction
+        result = _stages()["probe"](init, self.cfg.data, pc, self.cfg.finetune.model, seed)
+        cell.mkdir(parents=True, exist_ok=True)
+        write_json(cell / "probe.json", result)
+
     def run_cell(self, method: str, fraction: float, seed: int) -> CellResult:
-        """Pretrain (cached per method/seed), fine-tune, evaluate on test; never raises Exception."""
+        """Pretrain (cached per method/seed), probe, fine-tune, evaluate on test; never raises Exception."""
         cell = self.cell_dir(method, fraction, seed)
         rel = str(cell.relative_to(self.out))
         done = _read_cell(cell, method, fraction, seed, rel)
         if done.status == "done":
+            if self.cfg.probe and not (cell / "probe.json").is_file():  # a cell of a version without the probe
+                self._probe(cell, fraction, seed, json.loads((cell / "result.json").read_text()).get("init", "none"))
+                return _read_cell(cell, method, fraction, seed, rel)
             return done
         (cell / "error.txt").unlink(missing_ok=True)
         t0 = time.time()
         try:
             ft = finetune_config(self.cfg, fraction, seed)
             ft.init = "none" if method == "none" else str(self._pretrain(method, seed))
+            self._probe(cell, fraction, seed, ft.init)
             model = _train(_stages()["finetune"], ft, cell / "finetune")
             shutil.rmtree(cell / "eval", ignore_errors=True)  # a killed evaluation starts over
             metrics = _stages()["evaluate"](model, self.cfg.data, split="test", cfg=ft.eval, out=cell / "eval",
@@ -283,7 +323,20 @@ class Grid:
             self.log(f"[{i}/{len(todo)}] {m} {frac_label(f)} seed {s}: {r.status}{kappa} ({time.time() - t0:.0f} s)")
             run_dir.log({"cell": r.path, "status": r.status, **r.metrics})
             write_tables(self.results(), self.out, title, note, with_plot=False)  # progress so far
-        return write_tables(self.results(), self.out, title, note)
+        return self.tables(title, note)
+
+    def tables(self, title: str = "", note: str = "") -> dict[str, Path]:
+        """results.csv/.md, kappa_vs_fraction.png and (with probes) probe_curves.png."""
+        cells = self.results()
+        paths = write_tables(cells, self.out, title, note)
+        runs = {m: [d for s in self.cfg.seeds if (d := self.pretrain_dir(m, s)).is_dir()]
+                for m in self.cfg.methods if m != "none"}
+        none = [c.probe for c in cells if c.method == "none" and c.probe and c.fraction == min(self.cfg.fractions)]
+        baseline = {layer: sum(p[f"{layer}_miou"] for p in none) / len(none)
+                    for layer in ("decoder", "aspp") if none and all(f"{layer}_miou" in p for p in none)}
+        if plot_probe_curves(runs, self.out / "probe_curves.png", {m: label(m) for m in runs}, baseline):
+            paths["probe_curves"] = self.out / "probe_curves.png"
+        return paths
 
 
 def run(cfg: ExperimentConfig, only_table: bool = False, title: str = "", note: str = "",
@@ -292,7 +345,7 @@ def run(cfg: ExperimentConfig, only_table: bool = False, title: str = "", note: 
     grid = Grid(cfg, log)
     _check(cfg)
     if only_table:
-        return write_tables(grid.results(), grid.out, title, note)
+        return grid.tables(title, note)
     return grid.run(title, note)
 
 

@@ -4,6 +4,9 @@ Each metric is aggregated over seeds as ``mean ± std`` with the sample standard
 ``std = sqrt(sum (x_i - mean)^2 / (n - 1))`` (shown only when n >= 2). Rows are methods in
 the paper's order, column groups are label fractions; in Markdown, values are in percent
 and the best mean of every column is in bold. Failed cells are counted, never averaged.
+A second table gives, per method, the paired difference of test Kappa to each baseline
+present (random init, SimCLR) with its 95% interval (:mod:`glcnet.experiment.stats`),
+the val Kappa, and the frozen-feature probe (``probe_*``: :mod:`glcnet.finetune.probe`).
 """
 
 from __future__ import annotations
@@ -14,9 +17,14 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from glcnet.experiment.stats import paired_difference
 from glcnet.utils.atomic import atomic_path, write_text
 
 METRICS = [("kappa", "Kappa"), ("miou", "mIoU"), ("oa", "OA"), ("mean_f1", "mean F1")]
+# frozen-feature probe of each cell's initial network (val scenes): key in CellResult.probe, label
+PROBE = [("decoder_miou", "probe mIoU (decoder)"), ("aspp_miou", "probe mIoU (ASPP)"),
+         ("decoder_kappa", "probe Kappa (decoder)"), ("aspp_kappa", "probe Kappa (ASPP)")]
+BASELINES = ("none", "simclr")  # paired differences are taken to these, where present
 # the paper's row order (baselines, then GLCNet ablations, then GLCNet)
 PAPER_ORDER = ["none", "imagenet", "inpainting", "jigsaw", "simclr", "mocov2",
                "glcnet_no_style", "glcnet_no_global", "glcnet_no_local", "glcnet"]
@@ -40,6 +48,7 @@ class CellResult:
     metrics: dict[str, float] = field(default_factory=dict)  # test scenes
     error: str = ""
     val: dict[str, float] = field(default_factory=dict)  # val scenes, at the selected epoch (model selection)
+    probe: dict[str, float] = field(default_factory=dict)  # frozen probe of the initial network: decoder_miou, ...
 
 
 @dataclass
@@ -89,14 +98,68 @@ def summarise(cells: list[CellResult]) -> dict[tuple[str, float], Summary]:
     for key, group in groups.items():
         done = [c for c in group if c.status == "done"]
         mean, std = {}, {}
-        for m, _ in METRICS + [("val_" + k, "") for k, _ in METRICS]:
-            src = [(c.val, m[4:]) if m.startswith("val_") else (c.metrics, m) for c in done]
+        keys = [k for k, _ in METRICS] + ["val_" + k for k, _ in METRICS] + ["probe_" + k for k, _ in PROBE]
+        for m in keys:
+            src = [(c.val, m[4:]) if m.startswith("val_") else (c.probe, m[6:]) if m.startswith("probe_")
+                   else (c.metrics, m) for c in done]
             xs = [float(d[k]) for d, k in src if k in d]
             mean[m] = sum(xs) / len(xs) if xs else math.nan
             std[m] = (math.sqrt(sum((x - mean[m]) ** 2 for x in xs) / (len(xs) - 1))
                       if len(xs) >= 2 else math.nan)
         out[key] = Summary(mean, std, len(done), sum(c.status == "failed" for c in group), len(group))
     return out
+
+
+def paired(cells: list[CellResult], method: str, baseline: str, fraction: float, metric: str = "kappa"):
+    """Paired difference ``method - baseline`` of a test metric over the seeds both finished."""
+    def by_seed(m: str) -> dict[int, float]:
+        return {c.seed: c.metrics[metric] for c in cells
+                if c.method == m and c.fraction == fraction and c.status == "done" and metric in c.metrics}
+
+    a, b = by_seed(method), by_seed(baseline)
+    seeds = sorted(set(a) & set(b))
+    return paired_difference([a[s] for s in seeds], [b[s] for s in seeds])
+
+
+def _pct(v: float, sign: bool = False) -> str:
+    return "–" if math.isnan(v) else f"{100 * v:+.2f}" if sign else f"{100 * v:.2f}"
+
+
+def _diff_text(p) -> str:
+    if p.n == 0:
+        return "–"
+    if p.n < 2:
+        return f"{_pct(p.mean, True)} (n=1)"
+    return f"{_pct(p.mean, True)} [{_pct(p.low, True)}, {_pct(p.high, True)}]"
+
+
+def paired_markdown(cells: list[CellResult], methods: list[str], fractions: list[float]) -> list[str]:
+    """Lines of the second table: paired Kappa differences to the baselines, val Kappa, probe."""
+    summary = summarise(cells)
+    bases = [b for b in BASELINES if any(c.method == b for c in cells)]
+    has_probe = any(c.probe for c in cells)
+    if not bases and not has_probe:
+        return []
+    cols = [f"Δ Kappa vs {label(b)} [95% CI]" for b in bases] + ["val Kappa"]
+    cols += [name for _, name in PROBE[:2]] if has_probe else []
+    head = ["Method"] + [f"{c} @{frac_label(f)}" for f in fractions for c in cols]
+    lines = ["", "## Paired differences, validation and frozen-feature probe", "",
+             "Δ: mean over seeds of (method − baseline) test Kappa for the same seed (same labelled subset, "
+             "crops, order and initialisation of the parts not loaded), in points, with its 95% Student-t "
+             "interval. Probe: a linear classifier per pixel fitted on the frozen features of the network the "
+             "fine-tuning starts from (labelled subset of the cell), scored on the val scenes (mIoU %).", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in methods:
+        row = [label(m)]
+        for f in fractions:
+            s = summary.get((m, f))
+            for b in bases:
+                row.append("" if m == b else _diff_text(paired(cells, m, b, f)))
+            row.append("–" if s is None else _pct(s.mean["val_kappa"]))
+            if has_probe:
+                row += ["–" if s is None else _pct(s.mean["probe_" + k]) for k, _ in PROBE[:2]]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
 
 
 def _best(summary: dict[tuple[str, float], Summary], methods: list[str], fraction: float, metric: str) -> float:
@@ -133,6 +196,7 @@ def markdown(cells: list[CellResult], title: str = "", note: str = "") -> str:
                     txt += f" (n={s.n_done}/{s.n_total})"
                 row.append(f"**{txt}**" if v == _best(summary, methods, f, key) else txt)
         lines.append("| " + " | ".join(row) + " |")
+    lines += paired_markdown(cells, methods, fractions)
     lines += ["", "## Cells", "", "| method | fraction | seed | status | Kappa % | val Kappa % | folder |",
               "|---|---|---|---|---|---|---|"]
     for c in sorted(cells, key=lambda c: (methods.index(c.method), c.fraction, c.seed)):
@@ -151,15 +215,24 @@ def csv_text(cells: list[CellResult]) -> str:
     methods = order_methods(list(dict.fromkeys(c.method for c in cells)))
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
+    keys = [p + k for p in ("", "val_") for k, _ in METRICS] + ["probe_" + k for k, _ in PROBE]
+    bases = [b for b in BASELINES if any(c.method == b for c in cells)]
     w.writerow(["method", "label", "fraction", "n_done", "n_failed", "n_total"]
-               + [f"{p}{m}_{s}" for p in ("", "val_") for m, _ in METRICS for s in ("mean", "std")] + ["cells"])
+               + [f"{k}_{s}" for k in keys for s in ("mean", "std")]
+               + [f"dkappa_vs_{b}_{s}" for b in bases for s in ("n", "mean", "low", "high")] + ["cells"])
+
+    def num(v: float) -> str:
+        return f"{v:.6f}" if not math.isnan(v) else ""
+
     for m in methods:
         for f in sorted({c.fraction for c in cells}):
             s = summary.get((m, f))
             if s is None:
                 continue
-            stats = [f"{v:.6f}" if not math.isnan(v) else "" for p in ("", "val_") for k, _ in METRICS
-                     for v in (s.mean[p + k], s.std[p + k])]
+            stats = [num(v) for k in keys for v in (s.mean[k], s.std[k])]
+            for b in bases:
+                p = paired(cells, m, b, f)
+                stats += [str(p.n), num(p.mean), num(p.low), num(p.high)]
             paths = ";".join(c.path for c in cells if c.method == m and c.fraction == f)
             w.writerow([m, label(m), f"{f:g}", s.n_done, s.n_failed, s.n_total, *stats, paths])
     return buf.getvalue()

@@ -116,6 +116,19 @@ def _pool_loader(cfg: PretrainConfig, ds: Any) -> DataLoader:
                       persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
 
 
+def _probe_callbacks(cfg: PretrainConfig, ds: Any) -> list[Any]:
+    """The online dense probe (``probe.every`` != 0) when the data set has what it needs, else a note."""
+    from glcnet.finetune.probe import DenseProbe, ProbeCallback
+
+    if cfg.probe.every == 0:
+        return []
+    why = DenseProbe.unavailable(ds, cfg.probe.fraction)
+    if why:
+        print(f"probe off: {cfg.data}: {why}", flush=True)
+        return []
+    return [ProbeCallback(DenseProbe.from_config(ds, cfg.probe), cfg.probe.every)]
+
+
 def run(cfg: PretrainConfig, resume: bool = False) -> Path:
     """Pretrain ``cfg.method.name`` on ``cfg.data``; return the path of ``pretrained.pt``."""
     from glcnet.data.prepared import PreparedDataset
@@ -151,7 +164,8 @@ def run(cfg: PretrainConfig, resume: bool = False) -> Path:
     task = PretrainTask(method, cfg, export, out)
     loader = _pool_loader(cfg, ds)
     trainer = build_trainer(cfg.trainer, run_dir, max_epochs=cfg.optim.epochs,
-                            find_unused_parameters=getattr(method, "find_unused_parameters", False))
+                            find_unused_parameters=getattr(method, "find_unused_parameters", False),
+                            callbacks=_probe_callbacks(cfg, ds))
     trainer.fit(task, loader, ckpt_path=last if resume else None)
     return task.export(epochs_done=trainer.current_epoch)  # also covers a max_steps stop mid-epoch
 
