@@ -323,3 +323,16 @@ def test_demo_quick_end_to_end(cli, tmp_path):
     # rerun: every cell is skipped (results keyed by config hash)
     p = cli("demo", "--quick", "--out", tmp_path / "demo")
     assert "pretrain " not in p.stdout and p.stdout.count(": done") == 3
+
+
+def test_subsets_per_seed_reach_finetuning_and_probe(fake, cfg, monkeypatch):
+    seen = []
+    ft, pr = fake.finetune, fake.probe
+    monkeypatch.setattr(fake, "finetune", lambda c, resume=False: (seen.append(("ft", c.seed, c.subset_seed)), ft(c, resume))[1])
+    monkeypatch.setattr(fake, "probe", lambda i, d, c, m, s: (seen.append(("probe", s, c.subset_seed)), pr(i, d, c, m, s))[1])
+    cfg.subsets, cfg.seeds, cfg.fractions = "seed", [1, 2], [0.01]
+    grid.run(cfg, log=lambda s: None)
+    assert all(subset == seed for _, seed, subset in seen) and len(seen) == 2 * 3 * 2
+    cfg.subsets = "bogus"
+    with pytest.raises(GlcnetError, match="subsets: expected one of prepared, seed"):
+        grid.run(cfg)

@@ -144,3 +144,14 @@ def test_probe_cli_errors(synthetic, tmp_path):
     assert p.returncode == 2 and "missing.pt" in p.stderr
     p = run_cli("probe", "--ckpt", "none", check=False)
     assert p.returncode == 2 and "--data" in p.stderr
+
+
+def test_labelled_subsets_per_seed(synthetic):
+    """subset_seed draws same-sized nested subsets from prepare's pool; prepare's own seed gives its subset."""
+    ds = PreparedDataset(synthetic)
+    prepared = ds.labelled_ids(0.5)
+    assert ds.labelled_ids(0.5, subset_seed=0) == prepared  # prepare ran with seed 0
+    other = ds.labelled_ids(0.5, subset_seed=1)
+    assert len(other) == len(prepared) and other != prepared
+    assert set(other) <= set(ds.labelled_ids(1.0)) and set(ds.labelled_ids(1.0, subset_seed=1)) == set(ds.labelled_ids(1.0))
+    assert [t.tile_id for t in ds.tiles("train", 0.5, subset_seed=1)] == sorted(other)

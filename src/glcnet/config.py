@@ -116,6 +116,7 @@ class ProbeConfig:
 
     every: int = -1  # pretraining steps between probes; -1 = auto (~10 points per run, <= ~10% of its time); 0 = off
     fraction: float = 0.01  # labelled train subset the probe is fitted on (scored on the val scenes)
+    subset_seed: int = -1  # as finetune.subset_seed
     layers: list[str] = field(default_factory=lambda: ["aspp", "decoder"])
     pixels: int = 65536  # labelled training pixels sampled (fixed sample)
     window: int = 0  # val-scene window; 0 = the prepared tile size (the context the probe was fitted on)
@@ -159,6 +160,7 @@ class FinetuneConfig:
     load: str = "encoder+aspp"  # encoder | encoder+aspp | all
     freeze: str = "none"  # none | encoder | encoder+aspp: not trained (BN statistics too), e.g. to probe features
     fraction: float = 0.01  # labelled subset chosen by prepare: 0.01 0.05 0.1 0.2 1.0
+    subset_seed: int = -1  # -1: prepare's labelled subset; >= 0: a same-sized nested subset drawn with this seed
     crop: int = 256
     class_weights: str = "none"  # none | inverse | sqrt-inverse (from train class counts)
     val_every: int = 1  # epochs between validation passes on the val scenes
@@ -181,6 +183,7 @@ class ExperimentConfig:
     fractions: list[float] = field(default_factory=lambda: [0.01])
     seeds: list[int] = field(default_factory=lambda: [0])
     probe: bool = True  # frozen-feature probe (pretrain.probe.*) of every cell's initial network, and probe curves
+    subsets: str = "prepared"  # labelled subsets of the cells: prepared (prepare's, one for all seeds) | seed (one per seed)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 

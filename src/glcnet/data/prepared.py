@@ -90,18 +90,40 @@ class PreparedDataset:
             raise GlcnetError(f"{self.root}: no scene {scene!r}")
         return self._scenes[scene]
 
-    def tiles(self, split: str | Sequence[str] = "train", fraction: float | None = None) -> list[Tile]:
-        """Tiles of the split(s); ``fraction`` keeps only the labelled subset chosen by prepare."""
+    def tiles(self, split: str | Sequence[str] = "train", fraction: float | None = None,
+              subset_seed: int | None = None) -> list[Tile]:
+        """Tiles of the split(s); ``fraction`` keeps only a labelled subset (:meth:`labelled_ids`)."""
         splits = (split,) if isinstance(split, str) else tuple(split)
         out = [t for t in self._tiles if t.split in splits]
         if fraction is not None:
-            subsets = self.split_info.get("labelled", {})
-            key = fraction_key(fraction)
-            if key not in subsets:
-                raise GlcnetError(f"{self.root}: no labelled subset {key} (available: {', '.join(subsets)})")
-            keep = set(subsets[key])
+            keep = set(self.labelled_ids(fraction, subset_seed))
             out = [t for t in out if t.tile_id in keep]
         return out
+
+    def labelled_ids(self, fraction: float, subset_seed: int | None = None) -> list[int]:
+        """Tile ids of the labelled subset ``fraction``: the one chosen by prepare (``subset_seed`` None
+        or < 0), or the same-sized nested subset that :func:`~glcnet.data.splits.labelled_subsets` draws
+        with ``subset_seed`` from the same pool (train tiles with labelled pixels), e.g. one per seed."""
+        subsets = self.split_info.get("labelled", {})
+        key = fraction_key(fraction)
+        if key not in subsets:
+            raise GlcnetError(f"{self.root}: no labelled subset {key} (available: {', '.join(subsets)})")
+        if subset_seed is None or subset_seed < 0:
+            return list(subsets[key])
+        from glcnet.data.splits import labelled_subsets
+
+        return labelled_subsets(self._labelled_pool(), [fraction], subset_seed)[key]
+
+    def _labelled_pool(self) -> list[int]:
+        """Train tiles with at least one labelled pixel (prepare's pool; its 1.0 subset when stored)."""
+        if "1.0" in self.split_info.get("labelled", {}):
+            return list(self.split_info["labelled"]["1.0"])
+        pool = []
+        for t in self._tiles:
+            m = self.mask(t.scene) if t.split == "train" else None
+            if m is not None and (np.asarray(m[t.y:t.y + t.height, t.x:t.x + t.width]) != 255).any():
+                pool.append(t.tile_id)
+        return pool
 
     # -- arrays
     def _array(self, kind: str, scene: str) -> np.ndarray | None:
@@ -156,10 +178,11 @@ class TileDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, ds: PreparedDataset, splits: str | Sequence[str] = ("train",), fraction: float | None = None,
-                 with_mask: bool = True, crop: int | None = None, augment: bool = False, uint8: bool = False):
+                 with_mask: bool = True, crop: int | None = None, augment: bool = False, uint8: bool = False,
+                 subset_seed: int | None = None):
         self.ds, self.with_mask, self.crop, self.augment = ds, with_mask, crop, augment
         self.uint8 = uint8 and ds.is_8bit
-        self.items = ds.tiles(splits, fraction)
+        self.items = ds.tiles(splits, fraction, subset_seed)
         if not self.items:
             raise GlcnetError(f"{ds.root}: no tiles in split(s) {splits}"
                               + (f" for fraction {fraction}" if fraction is not None else ""))

@@ -145,9 +145,14 @@ def pretrain_config(cfg: ExperimentConfig, method: str, seed: int) -> PretrainCo
     return pc
 
 
+SUBSETS = ("prepared", "seed")
+
+
 def finetune_config(cfg: ExperimentConfig, fraction: float, seed: int) -> FinetuneConfig:
     fc = copy.deepcopy(cfg.finetune)
     fc.data, fc.seed, fc.fraction = cfg.data, seed, fraction
+    if cfg.subsets == "seed":
+        fc.subset_seed = seed
     return fc
 
 
@@ -167,6 +172,8 @@ def _check(cfg: ExperimentConfig) -> None:
     names = _stages()["methods"]
     if not cfg.methods or not cfg.fractions or not cfg.seeds:
         raise GlcnetError("experiment: methods, fractions and seeds must each list at least one value")
+    if cfg.subsets not in SUBSETS:
+        raise GlcnetError(f"experiment: subsets: expected one of {', '.join(SUBSETS)}, got {cfg.subsets!r}")
     for spec in cfg.methods:
         name, overrides = parse_method(spec)
         if name not in names:
@@ -274,7 +281,7 @@ class Grid:
         if not self.cfg.probe or (cell / "probe.json").is_file():
             return
         pc = copy.deepcopy(self.cfg.pretrain.probe)
-        pc.fraction = fraction
+        pc.fraction, pc.subset_seed = fraction, finetune_config(self.cfg, fraction, seed).subset_seed  # the cell's subset
         result = _stages()["probe"](init, self.cfg.data, pc, self.cfg.finetune.model, seed)
         cell.mkdir(parents=True, exist_ok=True)
         write_json(cell / "probe.json", result)

@@ -57,7 +57,8 @@ def _train_loader(cfg: FinetuneConfig, ds: Any) -> DataLoader:
 
     if cfg.crop % 16:
         raise GlcnetError(f"crop: must be a multiple of 16, got {cfg.crop}")
-    tiles = TileDataset(ds, splits=("train",), fraction=cfg.fraction, with_mask=True, crop=cfg.crop, augment=True)
+    tiles = TileDataset(ds, splits=("train",), fraction=cfg.fraction, with_mask=True, crop=cfg.crop, augment=True,
+                        subset_seed=cfg.subset_seed)
     bs = cfg.trainer.batch_size
     if bs < 2:
         raise GlcnetError("trainer.batch_size: must be >= 2 (batch norm in the ASPP pooling branch)")
