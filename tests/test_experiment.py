@@ -336,3 +336,22 @@ def test_subsets_per_seed_reach_finetuning_and_probe(fake, cfg, monkeypatch):
     cfg.subsets = "bogus"
     with pytest.raises(GlcnetError, match="subsets: expected one of prepared, seed"):
         grid.run(cfg)
+
+
+def test_finetune_overrides_share_the_pretraining_and_pretrain_seed(fake, cfg):
+    cfg.methods = ["none", "glcnet", "glcnet[finetune.load=all]"]
+    cfg.fractions, cfg.seeds, cfg.pretrain_seed = [0.01], [0, 1, 2], 0
+    paths = grid.run(cfg, log=lambda s: None)
+    assert [c[1:3] for c in fake.calls if c[0] == "pretrain"] == [("glcnet", 0)]  # one, shared by 6 cells
+    assert sorted(c[3] for c in fake.calls if c[0] == "probe") == [0] * 9  # all start from seed 0's networks
+    cells = [d.name.split("-f")[0] for d in (Path(cfg.out) / "cells").iterdir()]
+    assert len(cells) == 9 and set(cells) == {"none", "glcnet", "glcnet+finetune.load=all"}
+    assert grid.finetune_config(cfg, 0.01, 1, "glcnet[finetune.load=all]").load == "all"
+    assert grid.finetune_config(cfg, 0.01, 1, "glcnet").load == "encoder+aspp"
+    assert "GLCNet [finetune.load=all]" in paths["md"].read_text()
+    cfg.methods = ["none[method.lam=1]"]
+    with pytest.raises(GlcnetError, match="nothing to pretrain"):
+        grid.run(cfg)
+    cfg.methods = ["glcnet[finetune.nope=1]"]
+    with pytest.raises(GlcnetError, match="unknown key 'nope'"):
+        grid.run(cfg)

@@ -183,6 +183,7 @@ class ExperimentConfig:
     fractions: list[float] = field(default_factory=lambda: [0.01])
     seeds: list[int] = field(default_factory=lambda: [0])
     probe: bool = True  # frozen-feature probe (pretrain.probe.*) of every cell's initial network, and probe curves
+    pretrain_seed: int = -1  # -1: one pretraining per seed; >= 0: one pretraining (this seed) shared by all seeds
     subsets: str = "prepared"  # labelled subsets of the cells: prepared (prepare's, one for all seeds) | seed (one per seed)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)

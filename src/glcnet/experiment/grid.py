@@ -11,7 +11,11 @@ A method entry is a name (``glcnet``, ``simclr``, ``glcnet_no_local``...) or a n
 pretraining overrides, ``glcnet[method.lam=0.25,method.patch_size=8]`` (keys are paths in
 the pretrain config: ``method.*``, ``views.*``, ``optim.*``...): its own row, folder
 (``glcnet+method.lam=0.25+method.patch_size=8``) and pretraining, for sweeps and
-augmentation studies. Every cell records its val-scene metrics at the selected epoch
+augmentation studies. Keys under ``finetune.`` change that row's fine-tuning only
+(``glcnet[finetune.load=all]``): it shares the pretraining of the entry without them.
+``pretrain_seed: S`` (>= 0) makes every seed's cells start from one pretraining of seed S
+(fine-tuning seeds then vary the labelled subset with ``subsets: seed``, crops and order
+only); the default -1 pretrains once per seed. Every cell records its val-scene metrics at the selected epoch
 next to the test metrics, so that a sweep is chosen on val (``val_kappa_mean`` in
 ``results.csv``) and only then read on test.
 
@@ -124,14 +128,24 @@ def parse_method(spec: str) -> tuple[str, list[str]]:
     return name, parts
 
 
-def slug(spec: str) -> str:
-    """Folder-name form of a method entry: ``glcnet[method.lam=0.25]`` -> ``glcnet+method.lam=0.25``."""
+def slug(spec: str, pretrain_only: bool = False) -> str:
+    """Folder-name form of a method entry: ``glcnet[method.lam=0.25]`` -> ``glcnet+method.lam=0.25``
+    (``pretrain_only``: without its ``finetune.*`` overrides, the name of its pretraining)."""
     name, overrides = parse_method(spec)
+    if pretrain_only:
+        overrides = _split(overrides)[0]
     return "+".join([name] + [re.sub(r"[^A-Za-z0-9_.=-]+", "_", o) for o in overrides])
+
+
+def _split(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """Overrides of a method entry: (pretraining ones, fine-tuning ones without their ``finetune.`` prefix)."""
+    ft = [o[len("finetune."):] for o in overrides if o.startswith("finetune.")]
+    return [o for o in overrides if not o.startswith("finetune.")], ft
 
 
 def pretrain_config(cfg: ExperimentConfig, method: str, seed: int) -> PretrainConfig:
     name, overrides = parse_method(method)
+    overrides = _split(overrides)[0]
     if overrides:
         data = apply_overrides(to_dict(cfg.pretrain), overrides)
         pc = from_dict(PretrainConfig, data, f"experiment: method entry {method!r}: pretrain")
@@ -148,8 +162,14 @@ def pretrain_config(cfg: ExperimentConfig, method: str, seed: int) -> PretrainCo
 SUBSETS = ("prepared", "seed")
 
 
-def finetune_config(cfg: ExperimentConfig, fraction: float, seed: int) -> FinetuneConfig:
-    fc = copy.deepcopy(cfg.finetune)
+def finetune_config(cfg: ExperimentConfig, fraction: float, seed: int, method: str = "none") -> FinetuneConfig:
+    """The fine-tuning of a cell: ``cfg.finetune`` + the method entry's ``finetune.*`` overrides."""
+    overrides = _split(parse_method(method)[1])[1]
+    if overrides:
+        data = apply_overrides(to_dict(cfg.finetune), overrides)
+        fc = from_dict(FinetuneConfig, data, f"experiment: method entry {method!r}: finetune")
+    else:
+        fc = copy.deepcopy(cfg.finetune)
     fc.data, fc.seed, fc.fraction = cfg.data, seed, fraction
     if cfg.subsets == "seed":
         fc.subset_seed = seed
@@ -178,9 +198,10 @@ def _check(cfg: ExperimentConfig) -> None:
         name, overrides = parse_method(spec)
         if name not in names:
             raise GlcnetError(f"experiment: unknown method {name!r} (valid: {', '.join(names)})")
-        if name == "none" and overrides:
+        if name == "none" and _split(overrides)[0]:
             raise GlcnetError(f"experiment: method entry {spec!r}: 'none' has nothing to pretrain to override")
         pretrain_config(cfg, spec, 0)  # unknown keys / bad values: one line now, not in every cell
+        finetune_config(cfg, cfg.fractions[0], 0, spec)
     if len(set(cfg.methods)) < len(cfg.methods):
         raise GlcnetError("experiment: a method entry is listed twice")
     if to_dict(cfg.pretrain.model) != to_dict(cfg.finetune.model):
@@ -245,13 +266,19 @@ class Grid:
         self.data = data_id(cfg.data)
         self._pretrain_errors: dict[Path, str] = {}  # failed pretrainings of this process: not retried
 
+    def pretrain_seed(self, seed: int) -> int:
+        """The pretraining a cell of ``seed`` starts from: its own seed, or the shared ``pretrain_seed``."""
+        return seed if self.cfg.pretrain_seed < 0 else self.cfg.pretrain_seed
+
     def pretrain_dir(self, method: str, seed: int) -> Path:
+        """The pretraining of ``method``'s cells of ``seed`` (shared by entries that differ in ``finetune.*`` only)."""
+        seed = self.pretrain_seed(seed)
         h = short_hash({"data": self.data, "pretrain": _hashable(pretrain_config(self.cfg, method, seed))})
-        return self.out / "pretrain" / f"{slug(method)}-s{seed}-{h}"
+        return self.out / "pretrain" / f"{slug(method, pretrain_only=True)}-s{seed}-{h}"
 
     def cell_dir(self, method: str, fraction: float, seed: int) -> Path:
         init = "none" if method == "none" else self.pretrain_dir(method, seed).name
-        ft = _hashable(finetune_config(self.cfg, fraction, seed))
+        ft = _hashable(finetune_config(self.cfg, fraction, seed, method))
         ft.pop("init", None)  # replaced by the pretraining's folder name (its hash)
         h = short_hash({"data": self.data, "init": init, "finetune": ft})
         return self.out / "cells" / f"{slug(method)}-f{fraction:g}-s{seed}-{h}"
@@ -268,6 +295,7 @@ class Grid:
         run = self.pretrain_dir(method, seed)
         if run in self._pretrain_errors:
             raise GlcnetError(f"{run}: pretraining failed earlier in this run ({self._pretrain_errors[run]})")
+        seed = self.pretrain_seed(seed)
         if not (run / "complete.json").is_file():
             self.log(f"pretrain {method} seed {seed} -> {run}")
         try:
@@ -282,7 +310,7 @@ class Grid:
             return
         pc = copy.deepcopy(self.cfg.pretrain.probe)
         pc.fraction, pc.subset_seed = fraction, finetune_config(self.cfg, fraction, seed).subset_seed  # the cell's subset
-        result = _stages()["probe"](init, self.cfg.data, pc, self.cfg.finetune.model, seed)
+        result = _stages()["probe"](init, self.cfg.data, pc, self.cfg.finetune.model, self.pretrain_seed(seed))
         cell.mkdir(parents=True, exist_ok=True)
         write_json(cell / "probe.json", result)
 
@@ -299,7 +327,7 @@ class Grid:
         (cell / "error.txt").unlink(missing_ok=True)
         t0 = time.time()
         try:
-            ft = finetune_config(self.cfg, fraction, seed)
+            ft = finetune_config(self.cfg, fraction, seed, method)
             ft.init = "none" if method == "none" else str(self._pretrain(method, seed))
             self._probe(cell, fraction, seed, ft.init)
             model = _train(_stages()["finetune"], ft, cell / "finetune")
@@ -336,12 +364,19 @@ class Grid:
         """results.csv/.md, kappa_vs_fraction.png and (with probes) probe_curves.png."""
         cells = self.results()
         paths = write_tables(cells, self.out, title, note)
-        runs = {m: [d for s in self.cfg.seeds if (d := self.pretrain_dir(m, s)).is_dir()]
-                for m in self.cfg.methods if m != "none"}
+        runs: dict[str, list[Path]] = {}
+        names: dict[str, str] = {}
+        for m in self.cfg.methods:
+            if m == "none":
+                continue
+            key = slug(m, pretrain_only=True)
+            name, pre = parse_method(m)[0], _split(parse_method(m)[1])[0]
+            names[key] = label(f"{name}[{','.join(pre)}]" if pre else name)
+            runs[key] = sorted({d for s in self.cfg.seeds if (d := self.pretrain_dir(m, s)).is_dir()})
         none = [c.probe for c in cells if c.method == "none" and c.probe and c.fraction == min(self.cfg.fractions)]
         baseline = {layer: sum(p[f"{layer}_miou"] for p in none) / len(none)
                     for layer in ("decoder", "aspp") if none and all(f"{layer}_miou" in p for p in none)}
-        if plot_probe_curves(runs, self.out / "probe_curves.png", {m: label(m) for m in runs}, baseline):
+        if plot_probe_curves(runs, self.out / "probe_curves.png", names, baseline):
             paths["probe_curves"] = self.out / "probe_curves.png"
         return paths
 
