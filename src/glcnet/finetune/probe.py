@@ -42,9 +42,9 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 
 from glcnet.config import ProbeConfig
+from glcnet.data.splits import window_starts
 from glcnet.errors import GlcnetError
 from glcnet.finetune.metrics import compute_metrics, confusion_matrix
-from glcnet.finetune.sliding import window_starts
 
 LAYERS = ("aspp", "decoder")
 
