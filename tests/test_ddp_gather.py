@@ -1,13 +1,17 @@
-"""Negatives across ranks: 2 gloo CPU processes give the one-process loss and gradients."""
+"""Negatives across ranks: 2 gloo CPU processes give the one-process loss and gradients.
+
+The gather is the one ``PretrainTask`` uses, Lightning's ``all_gather(x, sync_grads=True)``:
+``DDPStrategy.all_gather`` is ``_all_gather_ddp_if_available``, called here directly.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from lightning.fabric.utilities.distributed import _all_gather_ddp_if_available
 
 from glcnet.losses import LocalMatchingLoss, NTXentLoss
-from glcnet.utils.dist import gather_no_grad, gather_with_grad, world_size
 
 WORLD = 2
 
@@ -33,15 +37,20 @@ def losses_and_grads(d: dict[str, torch.Tensor], gather) -> dict[str, torch.Tens
             "g_p1": p1.grad, "g_p2": p2.grad}
 
 
+def lightning_gather(x: torch.Tensor) -> torch.Tensor:
+    """``[n, ...]`` -> ``[W * n, ...]``, as ``PretrainTask._gather``."""
+    return _all_gather_ddp_if_available(x, sync_grads=True).flatten(0, 1)
+
+
 def worker(rank: int, out_dir: str) -> None:
     # rendezvous through a file: no port to pick, so no clash with other test runs
     dist.init_process_group("gloo", init_method=f"file://{out_dir}/store", rank=rank, world_size=WORLD)
     try:
         full = make_data()
         mine = {k: v.chunk(WORLD)[rank] for k, v in full.items()}  # this rank's rows / images
-        res = losses_and_grads(mine, gather_with_grad)
-        res["world"] = torch.tensor(world_size())
-        res["ranks"] = gather_no_grad(torch.tensor([float(rank)]))
+        res = losses_and_grads(mine, lightning_gather)
+        res["world"] = torch.tensor(dist.get_world_size())
+        res["ranks"] = lightning_gather(torch.tensor([float(rank)]))
         torch.save(res, f"{out_dir}/rank{rank}.pt")
         dist.barrier()  # no rank tears the group down while a peer still talks to it
     finally:

@@ -60,6 +60,9 @@ def test_method_learns_without_collapse(potsdam, tmp_path, method, extra, skip):
     assert sum(loss[-2:]) / 2 < loss[skip], f"{method}: loss did not go down: {loss}"
     std = epoch_means(out, "emb_std")
     assert std[-1] > 0.02, f"{method}: embeddings collapsed (std {std})"
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["train/device/samples_per_sec"] for r in recs if "train/device/samples_per_sec" in r]
+    assert len(rates) >= 6 and min(rates) > 0  # Lightning's ThroughputMonitor, every log_every steps
     ckpt = torch.load(out / "pretrained.pt", weights_only=True)
     assert ckpt["kind"] == "pretrained" and ckpt["method"] == method and ckpt["in_channels"] == 4
     net = build_model(ModelConfig(**ckpt["model"]), in_channels=4)  # the architecture it records

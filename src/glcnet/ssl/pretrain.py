@@ -13,18 +13,19 @@ method's ``forward`` (or, with ``views.in_loader=true``, in the DataLoader worke
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ThroughputMonitor
 from torch.utils.data import DataLoader
 
 from glcnet.config import PretrainConfig, add_config_args, config_from_args, to_dict
 from glcnet.engine import build_trainer, configure_optim, loader_workers, resume_ckpt, seed_everything
 from glcnet.errors import GlcnetError
 from glcnet.runs import RunDir
+from glcnet.ssl.base import SSLMethod
 from glcnet.transforms import ViewCollate, Views
 from glcnet.utils.atomic import torch_save
 from glcnet.utils.memory import keep_freed_memory
@@ -37,26 +38,37 @@ def _batch_size(batch: dict[str, torch.Tensor] | Views) -> int:
 
 
 class PretrainTask(L.LightningModule):
-    """Lightning wrapper: one optimiser step per batch of raw tiles, logs every loss term."""
+    """Lightning wrapper: one optimiser step per batch of raw tiles, logs every loss term.
 
-    def __init__(self, method: torch.nn.Module, cfg: PretrainConfig, export: dict[str, Any], out: Path):
+    Throughput: Lightning's ``ThroughputMonitor`` (:func:`throughput_monitor`) logs
+    ``train/device/samples_per_sec`` (and, with several processes, the global
+    ``train/samples_per_sec``) to ``metrics.jsonl``; the step shows the latest figure in the
+    progress bar as ``samples/s``.
+    """
+
+    flops_per_batch: int | None = None  # read by ThroughputMonitor (no FLOP count, no MFU)
+
+    def __init__(self, method: SSLMethod, cfg: PretrainConfig, export: dict[str, Any], out: Path):
         super().__init__()
         self.method = method
         self.cfg = cfg
         self.export_meta = export
         self.out = out
-        self._t0: float | None = None
 
     def _gather(self, x: torch.Tensor) -> torch.Tensor:
+        """``[n, ...]`` per rank -> ``[W * n, ...]`` in rank order, gradients back to each rank's slice.
+
+        Lightning's ``all_gather(sync_grads=True)``: every rank passes the same shape, which
+        holds for every gather of the losses (GLCNet's local loss gathers all ``B x P``
+        patches with their ``valid`` mask, not a variable count of valid ones).
+        """
         if self.trainer.world_size <= 1:
             return x
-        from glcnet.utils.dist import gather_with_grad
-
-        return gather_with_grad(x)
+        return self.all_gather(x, sync_grads=True).flatten(0, 1)  # [W, n, ...] -> [W * n, ...]
 
     def training_step(self, batch: dict[str, torch.Tensor] | Views, batch_idx: int) -> torch.Tensor:
         if isinstance(batch, Views):  # views.in_loader: made by the DataLoader workers
-            images = batch
+            images: torch.Tensor | Views = batch
         else:
             images = batch["image"]  # [B, C, H, W] float in [0, 1], or uint8 (= value / 255)
             if self.cfg.trainer.channels_last:
@@ -67,17 +79,12 @@ class PretrainTask(L.LightningModule):
             self.log(f"train/{k}", v.detach().float(), prog_bar=k == "loss", on_step=True, on_epoch=True, batch_size=bs)
         return out["loss"]
 
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        if self._t0 is None:
-            self._t0 = time.perf_counter()
-
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.method.on_after_step()
-        now = time.perf_counter()
-        n = _batch_size(batch) * self.trainer.world_size
-        if self._t0 is not None and now > self._t0:
-            self.log("train/samples_per_s", n / (now - self._t0), prog_bar=True, batch_size=n)
-        self._t0 = now
+        logged = self.trainer.logged_metrics  # ThroughputMonitor's figures (rank 0, every log_every steps)
+        rate = logged.get("train/samples_per_sec", logged.get("train/device/samples_per_sec"))
+        if rate is not None:
+            self.log("samples/s", float(rate), prog_bar=True, logger=False)
 
     def configure_optimizers(self) -> dict[str, Any]:
         return configure_optim(self.method.parameters(), self.cfg.optim)
@@ -93,6 +100,11 @@ class PretrainTask(L.LightningModule):
             torch_save({**self.export_meta, "epochs": epochs_done, "step": self.global_step,
                         "state_dict": state}, path)
         return path
+
+
+def throughput_monitor(cfg: PretrainConfig) -> ThroughputMonitor:
+    """Lightning's samples/s (and batches/s) over the last ``trainer.log_every`` steps."""
+    return ThroughputMonitor(batch_size_fn=_batch_size, window_size=max(2, cfg.trainer.log_every + 1))
 
 
 def _pool_loader(cfg: PretrainConfig, ds: Any) -> DataLoader:
@@ -164,8 +176,8 @@ def run(cfg: PretrainConfig, resume: bool = False) -> Path:
     task = PretrainTask(method, cfg, export, out)
     loader = _pool_loader(cfg, ds)
     trainer = build_trainer(cfg.trainer, run_dir, max_epochs=cfg.optim.epochs,
-                            find_unused_parameters=getattr(method, "find_unused_parameters", False),
-                            callbacks=_probe_callbacks(cfg, ds))
+                            find_unused_parameters=method.find_unused_parameters,
+                            callbacks=[throughput_monitor(cfg), *_probe_callbacks(cfg, ds)])
     trainer.fit(task, loader, ckpt_path=last if resume else None)
     return task.export(epochs_done=trainer.current_epoch)  # also covers a max_steps stop mid-epoch
 
