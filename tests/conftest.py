@@ -54,3 +54,16 @@ def one_thread():
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Path of Debian's headless ``chromium`` (``.ci/run`` installs it); in CI a missing browser is an error."""
+    from browser import find_chromium
+
+    exe = find_chromium()
+    if exe is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium not found; required in CI (apt-get install chromium, done by .ci/run)")
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    return exe

@@ -3,7 +3,8 @@
 Each subcommand lives in its own module, which defines ``configure(parser)`` and
 ``main(args) -> int``; modules are imported only when their command runs, so
 ``glcnet --help`` is instant. A :class:`~glcnet.errors.GlcnetError` is printed as one
-line (``error: ...``) with exit status 2, never as a traceback.
+line (``error: ...``) with exit status 2, never as a traceback. Messages go through the
+``glcnet`` logger to stderr, bars only to terminals (:mod:`glcnet.utils.progress`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import importlib
 import sys
 
 from glcnet.errors import GlcnetError
+from glcnet.utils.progress import log, setup_logging
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -25,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("glcnet.finetune.predict", "predict georeferenced class maps for rasters of any size"),
     "experiment": ("glcnet.experiment.grid", "methods x label fractions x seeds comparison table"),
     "demo": ("glcnet.experiment.demo", "small comparison on built-in synthetic scenes (no download)"),
+    "export": ("glcnet.models.export", "write a run's weights for smp, timm or torchgeo code (+ a JSON of bands, statistics)"),
     "benchmark": ("glcnet.benchmarks", "speed/memory benchmarks: views, pretrain, predict"),
 }
 
@@ -50,15 +53,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    setup_logging()
     _quiet_libraries()
     try:
         module = importlib.import_module(COMMANDS[args.command][0])
         return int(module.main(args) or 0)
     except GlcnetError as e:
-        print(f"error: {e}", file=sys.stderr)
+        log.error("error: %s", e)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        log.error("interrupted")
         return 130
 
 

@@ -106,7 +106,8 @@ class TrainerConfig:
     limit_batches: float = 1.0  # fraction (or count if > 1) of batches per epoch
     log_every: int = 10
     channels_last: bool = False
-    progress: bool = True
+    progress: bool = True  # Lightning's bar when the output is a terminal (else an epoch line at most each minute)
+    tensorboard: bool = False  # also log to RUN/tensorboard/ (tensorboard --logdir RUN)
     checkpoint_every: int = 1  # epochs between "last" checkpoints
 
 

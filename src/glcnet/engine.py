@@ -12,19 +12,22 @@ import logging
 import math
 import os
 import random
+import sys
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.utilities import rank_zero_only
 
 from glcnet.config import OptimConfig, TrainerConfig
 from glcnet.errors import GlcnetError
 from glcnet.runs import RunDir
+from glcnet.utils.progress import HEARTBEAT_S, duration, interactive, log
 
 # Lightning sets its loggers to INFO when imported: keep its start-up chatter (tips,
 # "GPU available" lines) out of the user's terminal; warnings and errors still show.
@@ -94,6 +97,65 @@ class RngState(Callback):
             torch.cuda.set_rng_state_all(rng["cuda"])
 
 
+def _metrics_text(trainer: L.Trainer) -> str:
+    """``train_loss 0.512, val_miou 0.413``: the progress-bar metrics (the ``_epoch`` means where logged)."""
+    shown = {k.removesuffix("_epoch"): float(v) for k, v in trainer.progress_bar_metrics.items()
+             if not k.endswith("_step") and k != "v_num"}
+    return ", ".join(f"{k} {v:.4g}" for k, v in shown.items())
+
+
+def _fraction_done(trainer: L.Trainer) -> float:
+    """Share of the run's optimizer steps done (``max_steps`` or ``max_epochs``, whichever ends it first)."""
+    parts = []
+    if trainer.max_steps and trainer.max_steps > 0:
+        parts.append(trainer.global_step / trainer.max_steps)
+    if trainer.max_epochs and trainer.max_epochs > 0:
+        parts.append((trainer.current_epoch + 1) / trainer.max_epochs)
+    return min(1.0, max(parts)) if parts else 0.0
+
+
+class EpochBar(TQDMProgressBar):
+    """Lightning's bar (rate, ETA within the epoch) labelled ``<label> epoch e/E``."""
+
+    def __init__(self, label: str):
+        super().__init__()
+        self.label = label
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self.train_progress_bar.set_description(f"{self.label} epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
+
+
+class EpochLines(Callback):
+    """Without a bar (not a terminal): an epoch line at most every ``interval`` s, and always the last.
+
+    ``<label> epoch e/E: train_loss 0.51, val_miou 0.41 (elapsed 1m02s, ETA 12m30s)``; the
+    ETA extrapolates the time of the epochs run in this process to the steps left.
+    """
+
+    def __init__(self, label: str, interval: float = HEARTBEAT_S):
+        self.label, self.interval = label, interval
+        self.t0 = self.last = 0.0
+        self.start = 0.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.t0 = self.last = time.monotonic()
+        self.start = _fraction_done(trainer) if trainer.current_epoch else 0.0  # resumed runs: work done before
+
+    @rank_zero_only
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        now = time.monotonic()
+        done = _fraction_done(trainer)
+        final = done >= 1.0 or trainer.should_stop
+        if not final and now - self.last < self.interval:
+            return
+        self.last = now
+        rate = (now - self.t0) / max(done - self.start, 1e-9)
+        eta = "" if final else f", ETA {duration(rate * (1 - done))}"
+        log.info("%s epoch %d/%d: %s (elapsed %s%s)", self.label, trainer.current_epoch + 1, trainer.max_epochs,
+                 _metrics_text(trainer), duration(now - self.t0), eta)
+
+
 def _devices(spec: str) -> str | int:
     spec = str(spec).strip()
     return int(spec) if spec.lstrip("-").isdigit() else spec
@@ -120,8 +182,13 @@ def build_trainer(
     early_stop: int = 0,
     callbacks: Iterable[Callback] = (),
     check_val_every_n_epoch: int = 1,
+    label: str = "train",
 ) -> L.Trainer:
-    """A Trainer logging to CSV + ``metrics.jsonl`` and checkpointing into ``RUN/checkpoints``.
+    """A Trainer logging to CSV + ``metrics.jsonl`` (+ TensorBoard) and checkpointing into ``RUN/checkpoints``.
+
+    Progress: Lightning's bar (labelled ``label``) when ``tcfg.progress`` and stdout (the
+    bar's stream) is a terminal; else :class:`EpochLines`. ``tcfg.tensorboard`` adds a
+    TensorBoard logger writing ``RUN/tensorboard/`` (``tensorboard --logdir RUN``).
 
     ``last.ckpt`` is written every ``tcfg.checkpoint_every`` epochs; with ``monitor``,
     ``best.ckpt`` keeps the best value of that logged metric (``mode`` max/min) and
@@ -144,6 +211,8 @@ def build_trainer(
         RngState(),
     ]
     cbs.append(LearningRateMonitor(logging_interval="step"))
+    show_bar = tcfg.progress and interactive(sys.stdout)  # Lightning draws its bar on stdout
+    cbs.append(EpochBar(label) if show_bar else EpochLines(label))
     cbs.extend(callbacks)
     limit = tcfg.limit_batches
     limit_batches: int | float = int(limit) if limit > 1 else limit
@@ -159,12 +228,27 @@ def build_trainer(
         log_every_n_steps=max(1, tcfg.log_every),
         check_val_every_n_epoch=max(1, check_val_every_n_epoch),
         num_sanity_val_steps=0,
-        enable_progress_bar=tcfg.progress,
+        enable_progress_bar=show_bar,
         enable_model_summary=False,
-        logger=[CSVLogger(save_dir=run.path, name="logs", version=""), JsonlLogger(run)],
+        logger=_loggers(tcfg, run),
         callbacks=cbs,
         default_root_dir=run.path,
     )
+
+
+def _loggers(tcfg: TrainerConfig, run: RunDir) -> list[Logger]:
+    """CSV (``RUN/logs/metrics.csv``) and ``RUN/metrics.jsonl``; with ``tcfg.tensorboard`` also ``RUN/tensorboard/``."""
+    loggers: list[Logger] = [CSVLogger(save_dir=run.path, name="logs", version=""), JsonlLogger(run)]
+    if tcfg.tensorboard:
+        try:
+            from lightning.pytorch.loggers import TensorBoardLogger
+
+            loggers.append(TensorBoardLogger(save_dir=run.path, name="tensorboard", version="",
+                                             default_hp_metric=False))
+        except ModuleNotFoundError:  # pinned in requirements.txt, but not needed otherwise
+            raise GlcnetError("trainer.tensorboard: the tensorboard package is not installed "
+                              "(pip install -r requirements.txt)") from None
+    return loggers
 
 
 def resume_ckpt(run: RunDir) -> str | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,6 +27,7 @@ from glcnet.data.raster import RASTER_SUFFIXES, probe, scale
 from glcnet.data.splits import ALL_SPLITS, DEFAULT_FRACTIONS, SPLITS, assign_splits, labelled_subsets, tile_windows
 from glcnet.errors import GlcnetError
 from glcnet.utils.atomic import atomic_dir, write_json
+from glcnet.utils.progress import bar, duration
 
 log = logging.getLogger("glcnet.data")
 VERSION = 1
@@ -68,10 +70,13 @@ def prepare(fmt: str, src: str | Path, out: str | Path, *, tile_size: int = 256,
         for d in ("images", "masks"):
             (tmp / d).mkdir()
         scenes, tiles, counts, has_label = [], [], {s: np.zeros(256, np.int64) for s in SPLITS}, []
+        t0, pixels = time.monotonic(), sum(h * w for h, w in shapes.values())
+        progress = bar(pixels, "prepare", unit="px", unit_scale=True)
         for i, s in enumerate(sources):
             split = splits[s.name]
             h, w = shapes[s.name]
-            log.info("[%d/%d] %s (%s, %dx%d)", i + 1, len(sources), s.name, split, w, h)
+            progress.set_postfix_str(s.name)
+            log.debug("[%d/%d] %s (%s, %dx%d)", i + 1, len(sources), s.name, split, w, h)
             image, meta = f.read_image(s)
             np.save(tmp / "images" / f"{s.name}.npy", np.ascontiguousarray(image[sel].astype(dtype, copy=False)))
             del image
@@ -93,6 +98,10 @@ def prepare(fmt: str, src: str | Path, out: str | Path, *, tile_size: int = 256,
                            "source_image": str(s.image), "source_mask": str(s.mask) if s.mask else None,
                            "has_mask": mask is not None, "has_eval_mask": s.eval_mask is not None})
             del mask
+            progress.update(h * w)
+        progress.close()
+        log.info("prepare: %d scenes (%.1f Mpx) read, decoded and tiled in %s", len(sources), pixels / 1e6,
+                 duration(time.monotonic() - t0))
 
         classes = f.final_classes()
         k = len(classes)

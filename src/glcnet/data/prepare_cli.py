@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import logging
-import sys
 from collections import Counter
 
 from glcnet.data.formats import FORMATS
@@ -62,7 +60,6 @@ def main(args: argparse.Namespace) -> int:
     from glcnet.data.info_cli import summary
     from glcnet.data.prepare import prepare
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     options = {k: getattr(args, k) for k in (f[2:].replace("-", "_") for f in _FORMAT_OPTIONS)
                if getattr(args, k) is not None}
     out = prepare(args.format, args.src, args.out, tile_size=args.tile_size, stride=args.stride, seed=args.seed,

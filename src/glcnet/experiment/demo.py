@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from glcnet.config import ExperimentConfig, load_config
+from glcnet.utils.progress import duration, log
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "experiment_demo.yaml"
 # synthetic data of the demo: scene count and side, tile side given to prepare
@@ -62,13 +63,13 @@ def main(args: argparse.Namespace) -> int:
     if args.data:
         cfg.data, note = args.data, f"Data: prepared data set `{args.data}`."
     else:
-        print(f"generating SYNTHETIC scenes in {out / 'synthetic_raw'} (not real imagery)")
+        log.info(f"demo: SYNTHETIC scenes (not real imagery) in {out / 'synthetic_raw'}")
         cfg.data, note = str(synthetic_dataset(out, args.quick, cfg.fractions)), SYNTHETIC_NOTE
     cfg.out = str(out / "experiment")
     paths = grid.run(cfg, title="glcnet demo" + (" (quick)" if args.quick else ""), note=note)
     print(paths["md"].read_text())
     if not args.data:
         print("NOTE: these results are on SYNTHETIC scenes.")
-    print(f"report: {paths['md'].parent}  (results.md, results.csv, kappa_vs_fraction.png); "
-          f"{time.time() - t0:.0f} s")
+    print(f"report: {paths['html']}  (also results.md, results.csv, {paths['png'].name}); "
+          f"{duration(time.time() - t0)}")
     return 0

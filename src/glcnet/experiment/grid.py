@@ -5,7 +5,9 @@ Layout of ``OUT`` (``ExperimentConfig.out``)::
     config.yaml, run.json, metrics.jsonl        resolved config and one line per finished cell
     pretrain/<method>-s<seed>-<hash>/           one pretraining per (method, seed), reused by every fraction
     cells/<method>-f<fraction>-s<seed>-<hash>/  probe.json, finetune/ (model.pt), eval/, result.json or error.txt
-    results.csv, results.md, kappa_vs_fraction.png, probe_curves.png
+    results.csv, results.md, report.html       tables and the page to open in a browser (glcnet.experiment.report)
+    kappa_vs_fraction.png | kappa_by_method.png the Kappa plot (over fractions, or by method for one fraction)
+    probe_curves.png                            with probes: probe mIoU along the pretraining
 
 A method entry is a name (``glcnet``, ``simclr``, ``glcnet_no_local``...) or a name with
 pretraining overrides, ``glcnet[method.lam=0.25,method.patch_size=8]`` (keys are paths in
@@ -63,13 +65,11 @@ from glcnet.experiment.curves import plot_probe_curves
 from glcnet.experiment.table import CellResult, frac_label, label, split_spec, write_tables
 from glcnet.runs import RunDir
 from glcnet.utils.atomic import write_json, write_text
+from glcnet.utils.progress import Eta
+from glcnet.utils.progress import log as _log
 
 # options that change neither the trained weights nor the metrics: left out of the hash
-_NO_EFFECT = {"out", "trainer.progress", "trainer.log_every", "trainer.num_workers", "trainer.checkpoint_every"}
-
-
-def _print(msg: str) -> None:
-    print(msg, flush=True)  # progress lines appear at once in logs redirected to files
+_NO_EFFECT = {"out", "trainer.progress", "trainer.tensorboard", "trainer.log_every", "trainer.num_workers", "trainer.checkpoint_every"}
 
 
 def short_hash(obj: Any) -> str:
@@ -260,7 +260,7 @@ def _read_cell(cell: Path, method: str, fraction: float, seed: int, rel: str) ->
 class Grid:
     """The cells of an experiment config, their folders, and how to run each one."""
 
-    def __init__(self, cfg: ExperimentConfig, log: Callable[[str], None] = _print):
+    def __init__(self, cfg: ExperimentConfig, log: Callable[[str], None] = _log.info):
         self.cfg, self.log = cfg, log
         self.out = Path(cfg.out)
         self.data = data_id(cfg.data)
@@ -296,8 +296,6 @@ class Grid:
         if run in self._pretrain_errors:
             raise GlcnetError(f"{run}: pretraining failed earlier in this run ({self._pretrain_errors[run]})")
         seed = self.pretrain_seed(seed)
-        if not (run / "complete.json").is_file():
-            self.log(f"pretrain {method} seed {seed} -> {run}")
         try:
             return _train(_stages()["pretrain"], pretrain_config(self.cfg, method, seed), run)
         except Exception as e:
@@ -332,8 +330,7 @@ class Grid:
             self._probe(cell, fraction, seed, ft.init)
             model = _train(_stages()["finetune"], ft, cell / "finetune")
             shutil.rmtree(cell / "eval", ignore_errors=True)  # a killed evaluation starts over
-            metrics = _stages()["evaluate"](model, self.cfg.data, split="test", cfg=ft.eval, out=cell / "eval",
-                                               progress=False)
+            metrics = _stages()["evaluate"](model, self.cfg.data, split="test", cfg=ft.eval, out=cell / "eval")
         except Exception as e:  # a failed cell is reported; the grid goes on
             cell.mkdir(parents=True, exist_ok=True)
             write_text(cell / "error.txt", traceback.format_exc())
@@ -348,20 +345,32 @@ class Grid:
         return _read_cell(cell, method, fraction, seed, rel)
 
     def run(self, title: str = "", note: str = "") -> dict[str, Path]:
-        """Run every unfinished cell, rewriting the tables after each one; return the table paths."""
+        """Run every unfinished cell, rewriting the tables after each one; return the output paths.
+
+        Before each cell that has work to do: ``cell i/N: ... (elapsed, ETA)``, the ETA from
+        the mean time of the cells run so far (finished cells skipped in this run cost nothing).
+        """
         run_dir = RunDir.create(self.out, self.cfg, self.cfg.seeds[0], extra={"task": "experiment", "data_id": self.data})
         todo = self.cells()
+        eta = Eta(len(todo))
         for i, (m, f, s) in enumerate(todo, 1):
             t0 = time.time()
+            name = f"{m} {frac_label(f)} seed {s}"
+            skip = (self.cell_dir(m, f, s) / "result.json").is_file()
+            if not skip:
+                self.log(f"cell {i}/{len(todo)}: {name} ({eta.text()})")
             r = self.run_cell(m, f, s)
+            eta.step(ran=not skip)
             kappa = f" kappa={100 * r.metrics['kappa']:.2f}" if r.status == "done" else ""
-            self.log(f"[{i}/{len(todo)}] {m} {frac_label(f)} seed {s}: {r.status}{kappa} ({time.time() - t0:.0f} s)")
+            self.log(f"[{i}/{len(todo)}] {name}: {r.status}{kappa} ({time.time() - t0:.0f} s)")
             run_dir.log({"cell": r.path, "status": r.status, **r.metrics})
             write_tables(self.results(), self.out, title, note, with_plot=False)  # progress so far
         return self.tables(title, note)
 
     def tables(self, title: str = "", note: str = "") -> dict[str, Path]:
-        """results.csv/.md, kappa_vs_fraction.png and (with probes) probe_curves.png."""
+        """results.csv/.md, the Kappa plot, (with probes) probe_curves.png and report.html."""
+        from glcnet.experiment.report import write_page
+
         cells = self.results()
         paths = write_tables(cells, self.out, title, note)
         runs: dict[str, list[Path]] = {}
@@ -378,11 +387,12 @@ class Grid:
                     for layer in ("decoder", "aspp") if none and all(f"{layer}_miou" in p for p in none)}
         if plot_probe_curves(runs, self.out / "probe_curves.png", names, baseline):
             paths["probe_curves"] = self.out / "probe_curves.png"
+        paths["html"] = write_page(self.out, cells, self.cfg.data, title, note, plot=paths["png"])
         return paths
 
 
 def run(cfg: ExperimentConfig, only_table: bool = False, title: str = "", note: str = "",
-        log: Callable[[str], None] = _print) -> dict[str, Path]:
+        log: Callable[[str], None] = _log.info) -> dict[str, Path]:
     """Run (or with ``only_table`` just re-tabulate) the grid of ``cfg``; return the table paths."""
     grid = Grid(cfg, log)
     _check(cfg)
@@ -394,12 +404,13 @@ def run(cfg: ExperimentConfig, only_table: bool = False, title: str = "", note: 
 def configure(parser: argparse.ArgumentParser) -> None:
     add_config_args(parser, "experiment_cpu, experiment_potsdam_paper", run_dir=False,
                     example="seeds=[0,1] pretrain.optim.epochs=5")
-    parser.add_argument("--only-table", action="store_true", help="rebuild the tables from finished cells; run nothing")
+    parser.add_argument("--only-table", action="store_true",
+                        help="rebuild the tables, plot and report.html from finished cells; run nothing")
 
 
 def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(ExperimentConfig, args, {})
     paths = run(cfg, only_table=args.only_table)
     print(paths["md"].read_text())
-    print(f"report: {paths['md'].parent}  (results.md, results.csv, kappa_vs_fraction.png)")
+    print(f"report: {paths['html']}  (also results.md, results.csv, {paths['png'].name})")
     return 0

@@ -1,4 +1,4 @@
-"""Results of an experiment grid: ``results.csv``, ``results.md``, ``kappa_vs_fraction.png``.
+"""Results of an experiment grid: ``results.csv``, ``results.md``, the Kappa plot.
 
 Each metric is aggregated over seeds as ``mean ± std`` with the sample standard deviation
 ``std = sqrt(sum (x_i - mean)^2 / (n - 1))`` (shown only when n >= 2). Rows are methods in
@@ -238,13 +238,19 @@ def csv_text(cells: list[CellResult]) -> str:
     return buf.getvalue()
 
 
-def plot(cells: list[CellResult], path: Path, title: str = "") -> None:
-    """Kappa (mean ± std over seeds) against label fraction, one line per method; with a
-    single fraction, one point per method along the x axis instead."""
-    import matplotlib
+PLOTS = {"fractions": "kappa_vs_fraction.png", "methods": "kappa_by_method.png"}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def plot_name(cells: list[CellResult]) -> str:
+    """``kappa_vs_fraction.png`` (a line per method over several fractions) or
+    ``kappa_by_method.png`` (one fraction: a point per method)."""
+    return PLOTS["fractions" if len({c.fraction for c in cells}) > 1 else "methods"]
+
+
+def plot(cells: list[CellResult], path: Path, title: str = "") -> None:
+    """Test Kappa (mean ± std over seeds) against label fraction, one line per method; with a
+    single fraction, one point per method along the x axis instead (see :func:`plot_name`)."""
+    from matplotlib.figure import Figure
 
     summary = summarise(cells)
     fractions = sorted({c.fraction for c in cells})
@@ -258,45 +264,54 @@ def plot(cells: list[CellResult], path: Path, title: str = "") -> None:
 
     if len(fractions) == 1:
         f = fractions[0]
-        fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(methods) + 1.5), 4))
+        fig = Figure(figsize=(max(4.5, 1.0 * len(methods) + 1.5), 4), layout="constrained")
+        ax = fig.add_subplot()
         for i, m in enumerate(methods):
             p = point(m, f)
             if p is not None:
-                ax.errorbar([i], [p[0]], yerr=[p[1]], marker="o", capsize=4, color=f"C{i % 10}")
-        ax.set_xticks(range(len(methods)), [label(m) for m in methods], rotation=30, ha="right", fontsize=7)
-        ax.set_xlim(-0.5, len(methods) - 0.5)
-        ax.set_xlabel(f"pretraining method ({frac_label(f)} of the training tiles labelled)")
+                ax.errorbar([i], [p[0]], yerr=[p[1]], marker="o", markersize=8, capsize=4, color=f"C{i % 10}")
+                ax.annotate(f"{p[0]:.1f}", (i, p[0]), textcoords="offset points", xytext=(9, 0), va="center",
+                            fontsize=8)
+        ax.set_xticks(range(len(methods)), [label(m) for m in methods], rotation=20 if len(methods) > 4 else 0,
+                      ha="right" if len(methods) > 4 else "center", fontsize=8)
+        ax.set_xlim(-0.6, len(methods) - 0.4)
+        ax.set_xlabel("pretraining method")
+        heading = f"Test Kappa by pretraining method, {frac_label(f)} of the training tiles labelled"
     else:
-        fig, ax = plt.subplots(figsize=(7.5, 4))
+        fig = Figure(figsize=(8, 4.2), layout="constrained")
+        ax = fig.add_subplot()
         for i, m in enumerate(methods):
             shift = 1 + 0.03 * (i - (len(methods) - 1) / 2)  # side by side, so error bars do not hide each other
             pts = [(f * 100 * shift, p) for f in fractions if (p := point(m, f)) is not None]
             if pts:
                 ax.errorbar([x for x, _ in pts], [p[0] for _, p in pts], yerr=[p[1] for _, p in pts],
-                            marker="o", capsize=3, label=label(m))
+                            marker="o", capsize=3, label=label(m), color=f"C{i % 10}")
         ax.set_xscale("log")
         ax.set_xticks([f * 100 for f in fractions], [frac_label(f) for f in fractions])
         ax.minorticks_off()
-        ax.set_xlabel("labelled fraction of training tiles (%)")
+        ax.set_xlabel("labelled fraction of the training tiles (log scale)")
         if ax.lines:
-            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        heading = "Test Kappa against the labelled fraction"
     ax.set_ylabel("Kappa (%), mean ± std over seeds")
-    ax.set_title(title or "Test Kappa", fontsize=9)
+    ax.set_title(f"{title}\n{heading}" if title else heading, fontsize=9)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+        fig.savefig(tmp, dpi=120, format="png", bbox_inches="tight")
 
 
 def write_tables(cells: list[CellResult], out: str | Path, title: str = "", note: str = "",
                  with_plot: bool = True) -> dict[str, Path]:
-    """Write results.csv, results.md and (``with_plot``) kappa_vs_fraction.png into ``out``, atomically."""
+    """Write results.csv, results.md and (``with_plot``) the Kappa plot (:func:`plot_name`) into ``out``,
+    atomically; a plot of the other kind left by an earlier run of this grid is removed."""
     out = Path(out)
-    paths = {"csv": out / "results.csv", "md": out / "results.md", "png": out / "kappa_vs_fraction.png"}
+    paths = {"csv": out / "results.csv", "md": out / "results.md", "png": out / plot_name(cells)}
     write_text(paths["csv"], csv_text(cells))
     write_text(paths["md"], markdown(cells, title, note))
     if with_plot:
         plot(cells, paths["png"], title)
+        for name in PLOTS.values():
+            if name != paths["png"].name:
+                (out / name).unlink(missing_ok=True)
     return paths
 

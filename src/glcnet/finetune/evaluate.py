@@ -6,13 +6,15 @@ pixels (ignore index excluded) and turned into OA, Kappa, per-class IoU/P/R/F1, 
 mean F1 (:mod:`glcnet.finetune.metrics`). Where the data set has ISPRS evaluation masks
 (eroded boundaries and clutter set to ignore) and ``eval.isprs`` is on, the same metrics on
 those labels are added under ``isprs``, with the classes absent from them (clutter) left
-out of the means. Report folder (written atomically): see :mod:`glcnet.finetune.report`.
+out of the means. Report folder (written atomically): see :mod:`glcnet.finetune.report`,
+plus ``report.html`` (:func:`glcnet.finetune.page.evaluation_page`), a page to open in a browser.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +23,13 @@ import torch
 from glcnet.config import EvalConfig, to_dict
 from glcnet.errors import GlcnetError
 from glcnet.finetune.metrics import compute_metrics, confusion_matrix
+from glcnet.finetune.page import PAGE_SCENES, evaluation_page, file_uri, scene_images
 from glcnet.finetune.predict import add_inference_args, inference_fn, resolve_device
-from glcnet.finetune.report import save_png, scene_panel, write_report
-from glcnet.finetune.sliding import check_window, sliding_classes
+from glcnet.finetune.report import class_map_png, display_step, scene_figure, write_report
+from glcnet.finetune.sliding import check_window, count_windows, sliding_classes
 from glcnet.finetune.weights import load_model
 from glcnet.utils.atomic import atomic_dir
+from glcnet.utils.progress import bar, duration, log
 
 
 def _check_match(ckpt: dict[str, Any], ds: Any, path: Path) -> None:
@@ -60,15 +64,22 @@ def run(ckpt: str | Path, data: str | Path | None = None, split: str = "test", c
     cm_isprs = torch.zeros(k, k, dtype=torch.int64)
     per_scene: dict[str, Any] = {}
     has_isprs = False
-    with atomic_dir(out, overwrite=True) if out else contextlib.nullcontext() as folder:
+    sizes = [ds.scene_info(n) for n in scenes.names]
+    total = sum(count_windows(i["height"], i["width"], cfg.window, cfg.stride) for i in sizes)
+    shown: list[tuple[str, str, str | None, str]] = []  # scenes on report.html
+    t0 = time.monotonic()
+    with (atomic_dir(out, overwrite=True) if out else contextlib.nullcontext()) as folder, \
+            bar(total, f"evaluate {split}", unit="window", enabled=progress) as windows:
+        if folder is not None:
+            (folder / "pred").mkdir()
         for i in range(len(scenes)):
             s = scenes[i]
             if "mask" not in s:
                 raise GlcnetError(f"{ds.root}: scene {s['name']} in split {split!r} has no mask")
-            if progress:
-                print(f"[{i + 1}/{len(scenes)}] {s['name']} {tuple(s['image'].shape[1:])}", flush=True)
+            windows.set_postfix_str(f"{s['name']} ({i + 1}/{len(scenes)})")
             pred = sliding_classes(model_fn, s["image"], window=cfg.window, stride=cfg.stride,
-                                   batch_size=cfg.batch_size, blend=cfg.blend, tta=cfg.tta, device=dev).cpu()  # [H, W]
+                                   batch_size=cfg.batch_size, blend=cfg.blend, tta=cfg.tta, device=dev,
+                                   on_windows=windows.update).cpu()  # [H, W]
             scene_cm = confusion_matrix(pred, s["mask"], k, ds.ignore_index)
             cm += scene_cm
             m = compute_metrics(scene_cm, classes)
@@ -77,8 +88,15 @@ def run(ckpt: str | Path, data: str | Path | None = None, split: str = "test", c
                 has_isprs = True
                 cm_isprs += confusion_matrix(pred, s["eval_mask"], k, ds.ignore_index)
             if folder is not None:
-                save_png(scene_panel(s["image"].numpy(), s["mask"].numpy(), pred.numpy(), meta["colors"], ds.bands),
-                         folder / f"{s['name']}.png")
+                image, mask, pred_np = s["image"].numpy(), s["mask"].numpy(), pred.numpy()
+                title = f"{s['name']}: Kappa {100 * m['kappa']:.1f}, mIoU {100 * m['miou']:.1f} (%)"
+                scene_figure(image, mask, pred_np, classes, meta["colors"], ds.bands, folder / f"{s['name']}.png",
+                             title)
+                step = display_step(pred_np.shape)
+                class_map_png(pred_np[::step, ::step], meta["colors"], folder / "pred" / f"{s['name']}.png")
+                if len(shown) < PAGE_SCENES:
+                    img, truth = scene_images(image, mask, meta["colors"], ds.bands)
+                    shown.append((s["name"], img, truth, file_uri(folder / "pred" / f"{s['name']}.png")))
         metrics = {"split": split, "data": str(data), "checkpoint": str(ckpt), "eval": to_dict(cfg),
                    **compute_metrics(cm, classes), "scenes": per_scene}
         if has_isprs:
@@ -86,6 +104,10 @@ def run(ckpt: str | Path, data: str | Path | None = None, split: str = "test", c
             metrics["isprs"] = compute_metrics(cm_isprs, classes, exclude=absent)
         if folder is not None:
             write_report(folder, metrics, classes)
+            evaluation_page(folder, metrics, meta, ds.bands, shown)
+    log.info("evaluate %s: %d scene%s, %d windows, Kappa %.2f, mIoU %.2f (%%) in %s", split, len(scenes),
+             "s" if len(scenes) != 1 else "", total, 100 * metrics["kappa"], 100 * metrics["miou"],
+             duration(time.monotonic() - t0))
     return metrics
 
 
@@ -109,5 +131,5 @@ def main(args: argparse.Namespace) -> int:
         i = m["isprs"]
         print(f"ISPRS convention: OA {100 * i['oa']:.2f}  Kappa {100 * i['kappa']:.2f}  mIoU {100 * i['miou']:.2f}  "
               f"mean F1 {100 * i['mean_f1']:.2f}")
-    print(f"report: {out}")
+    print(f"report: {out / 'report.html'}")
     return 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,8 +29,9 @@ from glcnet.config import EvalConfig
 from glcnet.data.raster import open_raster, scale
 from glcnet.errors import GlcnetError
 from glcnet.finetune.report import colorize
-from glcnet.finetune.sliding import BLENDS, check_window, iter_sliding
+from glcnet.finetune.sliding import BLENDS, check_window, count_windows, iter_sliding
 from glcnet.utils.atomic import atomic_path
+from glcnet.utils.progress import bar, duration, log
 
 PREVIEW_SIDE = 1024
 GDAL_CACHE_MB = 64  # bounds GDAL's block cache so memory does not grow with the output size
@@ -61,7 +63,6 @@ def predict_raster(model: torch.nn.Module, ckpt: dict[str, Any], path: str | Pat
     """Predict one raster (see module doc); returns ``{"pred", "png"[, "probs"]}`` paths."""
     import rasterio
     from rasterio.windows import Window
-    from tqdm.auto import tqdm
 
 
     path, out_dir, cfg = Path(path), Path(out_dir), cfg or EvalConfig()
@@ -89,9 +90,12 @@ def predict_raster(model: torch.nn.Module, ckpt: dict[str, Any], path: str | Pat
                 raise GlcnetError(f"{path}: cannot read rows {y0}:{y1} ({str(e).splitlines()[0]})") from None
             return scale(raw, ckpt["value_range"])
 
-        bar = stack.enter_context(tqdm(total=h, unit="row", desc=path.name, disable=not progress))
+        windows = stack.enter_context(bar(count_windows(h, w, cfg.window, cfg.stride), path.name, unit="window",
+                                          enabled=progress))
+        t0 = time.monotonic()
         for y0, p in iter_sliding(read_rows, h, w, model_fn, window=cfg.window, stride=cfg.stride,
-                                  batch_size=cfg.batch_size, blend=cfg.blend, tta=cfg.tta, device=device):
+                                  batch_size=cfg.batch_size, blend=cfg.blend, tta=cfg.tta, device=device,
+                                  on_windows=windows.update):
             p = p.cpu()  # [K, rows, W]
             rows = p.shape[1]
             cls = p.argmax(0).to(torch.uint8).numpy()  # [rows, W]
@@ -101,10 +105,10 @@ def predict_raster(model: torch.nn.Module, ckpt: dict[str, Any], path: str | Pat
             first = -(-y0 // step) * step  # first preview row (a multiple of step) in this band
             sub = cls[first - y0 :: step, ::step]
             preview[first // step : first // step + len(sub)] = sub
-            bar.update(rows)
         from PIL import Image
 
         Image.fromarray(colorize(preview, colors)).save(tmp["png"], format="PNG")
+    log.info("predict %s: %dx%d px, %d windows in %s", path.name, w, h, windows.total, duration(time.monotonic() - t0))
     return out  # files closed, then renamed from their temp names, when the stack unwinds
 
 

@@ -1,9 +1,13 @@
-"""Evaluation report files: ``metrics.json``, ``metrics.md``, ``confusion.png``, ``NAME.png`` per scene.
+"""Evaluation report files: ``metrics.json``, ``metrics.md``, ``confusion.png``, and per scene
+``NAME.png`` (figure) and ``pred/NAME.png`` (class map).
 
-Scene pictures are image | ground truth | prediction side by side, in the data set's class
-colours (ignore = black), downsampled so each panel's longer side is at most 1024 px.
-The image shows the R, G, B bands when the data set has them (else the first three),
-each stretched between its 2nd and 98th percentile.
+Scene figures are image | ground truth | prediction side by side with titles and the
+class legend, in the data set's class colours (ignore = black), downsampled so each
+panel's longer side is at most 1024 px. The image shows the R, G, B bands when the data
+set has them (else the first three), each stretched between its 2nd and 98th percentile.
+``pred/NAME.png`` is the predicted class map at the same size, a palette PNG whose pixel
+values are the class indices (the palette holds the class colours), so both an image
+viewer and ``np.asarray(PIL.Image.open(p))`` read it; the HTML report is built from it.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ from glcnet.finetune.metrics import json_safe
 from glcnet.utils.atomic import write_json, write_text
 
 PANEL_SIDE = 1024
-GAP = 8  # white pixels between panels
 
 
 def colorize(classes: np.ndarray, colors: list[list[int]]) -> np.ndarray:
@@ -38,21 +41,64 @@ def display_rgb(image: np.ndarray, bands: Sequence[str]) -> np.ndarray:
     return (np.clip(rgb, 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0)
 
 
-def scene_panel(image: np.ndarray, mask: np.ndarray, pred: np.ndarray, colors: list[list[int]],
-                bands: Sequence[str]) -> np.ndarray:
-    """``[h, 3w + 2 GAP, 3]`` uint8: image | ground truth | prediction, downsampled by one step."""
-    step = max(1, math.ceil(max(mask.shape) / PANEL_SIDE))
-    image, mask, pred = image[:, ::step, ::step], mask[::step, ::step], pred[::step, ::step]
-    gap = np.full((mask.shape[0], GAP, 3), 255, np.uint8)
-    parts = [display_rgb(image, bands), gap, colorize(mask.astype(np.uint8), colors), gap,
-             colorize(pred.astype(np.uint8), colors)]
-    return np.concatenate(parts, 1)
+def display_step(shape: Sequence[int], side: int = PANEL_SIDE) -> int:
+    """Subsampling step that brings the longer side of ``shape`` (``[..., H, W]``) to at most ``side``."""
+    return max(1, math.ceil(max(shape[-2:]) / side))
 
 
-def save_png(array: np.ndarray, path: Path) -> None:
+def band_label(bands: Sequence[str]) -> str:
+    """The bands :func:`display_rgb` shows, e.g. ``R, G, B`` or ``NIR, R, G``."""
+    idx = [bands.index(b) for b in "RGB"] if all(b in bands for b in "RGB") else [0, 1, 2]
+    return ", ".join(bands[min(i, len(bands) - 1)] for i in idx)
+
+
+def class_map_png(classes: np.ndarray, colors: list[list[int]], path: Path) -> None:
+    """Save ``[H, W]`` class indices as a palette PNG (pixel = class index, palette = class colours, 255 black)."""
     from PIL import Image
 
-    Image.fromarray(array).save(path, format="PNG")
+    img = Image.fromarray(classes.astype(np.uint8), mode="P")
+    img.putpalette(colorize(np.arange(256, dtype=np.uint8), colors).reshape(-1).tolist())
+    img.save(path, format="PNG", optimize=True)
+
+
+def legend_handles(classes: Sequence[str], colors: list[list[int]], ignore: bool = True) -> list[Any]:
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=np.asarray(c) / 255, edgecolor="0.4", label=n) for n, c in zip(classes, colors)]
+    if ignore:
+        handles.append(Patch(facecolor="black", edgecolor="0.4", label="ignore / no label"))
+    return handles
+
+
+def scene_figure(image: np.ndarray, mask: np.ndarray, pred: np.ndarray, classes: Sequence[str],
+                 colors: list[list[int]], bands: Sequence[str], path: Path, title: str = "") -> None:
+    """Save image | ground truth | prediction with panel titles and the class legend (PNG).
+
+    ``image`` ``[C, H, W]`` scaled, ``mask`` and ``pred`` ``[H, W]`` class indices (255 = ignore);
+    all three are subsampled to at most :data:`PANEL_SIDE` px on their longer side.
+    """
+    from matplotlib.figure import Figure
+
+    step = display_step(mask.shape)
+    panels = [(f"image ({band_label(bands)})", display_rgb(image[:, ::step, ::step], bands)),
+              ("ground truth", colorize(np.asarray(mask[::step, ::step], dtype=np.uint8), colors)),
+              ("prediction", colorize(np.asarray(pred[::step, ::step], dtype=np.uint8), colors))]
+    h, w = panels[0][1].shape[:2]
+    dpi = 110
+    panel_in = max(3.6, max(h, w) / dpi)  # inches of a panel's longer side: about one figure pixel per panel pixel
+    fig = Figure(figsize=(3 * panel_in * w / max(h, w) + 0.4, panel_in * h / max(h, w) + 1.3), dpi=dpi,
+                 layout="constrained")
+    axes = fig.subplots(1, 3)
+    for ax, (name, rgb) in zip(axes, panels):
+        ax.imshow(rgb, interpolation="nearest")
+        ax.set_title(name, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.legend(handles=legend_handles(classes, colors), loc="outside lower center",
+               ncol=min(len(classes) + 1, 7), fontsize=8, frameon=False)
+    fig.savefig(path, format="png")
 
 
 def confusion_png(cm: Sequence[Sequence[int]], classes: Sequence[str], path: Path, title: str = "") -> None:

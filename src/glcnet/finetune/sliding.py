@@ -39,6 +39,11 @@ ReadRows = Callable[[int, int], np.ndarray | torch.Tensor]  # (y0, y1) -> [C, y1
 BLENDS = ("gaussian", "linear", "mean")
 
 
+def count_windows(height: int, width: int, window: int, stride: int) -> int:
+    """Number of windows :func:`iter_sliding` runs over a ``height x width`` scene (for progress bars)."""
+    return len(window_starts(max(height, window), window, stride)) * len(window_starts(max(width, window), window, stride))
+
+
 def blend_weights(window: int, kind: str = "gaussian") -> torch.Tensor:
     """Per-pixel window weight ``[window, window]``, all > 0, maximal at the centre."""
     i = torch.arange(window, dtype=torch.float64)
@@ -91,12 +96,14 @@ def _tensor(a: np.ndarray | torch.Tensor, device: torch.device | str) -> torch.T
 @torch.no_grad()
 def iter_sliding(read_rows: ReadRows, height: int, width: int, model_fn: ModelFn, *, window: int = 256,
                  stride: int = 128, batch_size: int = 8, blend: str = "gaussian", tta: bool = False,
-                 device: torch.device | str = "cpu") -> Iterator[tuple[int, torch.Tensor]]:
+                 device: torch.device | str = "cpu",
+                 on_windows: Callable[[int], None] | None = None) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``(y0, probs [K, h, width])`` bands of the blended scene probabilities, top to bottom.
 
     ``read_rows(y0, y1)`` returns rows ``y0:y1`` of the scaled scene ``[C, y1-y0, width]``
     (numpy or torch); it is only asked for window-high bands (and for the whole scene
     when it is smaller than the window). The bands cover rows ``0..height-1`` exactly once.
+    ``on_windows(n)`` is called after each batch of ``n`` windows (progress bars).
     """
     check_window(window, stride)
     weight = blend_weights(window, blend).to(device)  # [w, w]
@@ -118,6 +125,8 @@ def iter_sliding(read_rows: ReadRows, height: int, width: int, model_fn: ModelFn
             for x, pk in zip(bx, p):
                 acc[:, :, x : x + window] += pk * weight
                 wsum[:, x : x + window] += weight
+            if on_windows is not None:
+                on_windows(len(bx))
         done = (ys[i + 1] - y) if i + 1 < len(ys) else window  # rows no later window touches
         rows = min(done, height - y)
         if rows > 0:

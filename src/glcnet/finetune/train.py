@@ -18,6 +18,7 @@ holds the last weights and says so (``selected_on``), with a warning.
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from glcnet.models import DeepLab, build_model
 from glcnet.models.deeplab import PARTS
 from glcnet.runs import RunDir
 from glcnet.utils.atomic import torch_save, write_json
+from glcnet.utils.progress import duration, log
 
 CLASS_WEIGHTS = ("none", "inverse", "sqrt-inverse")
 FREEZE = ("none", "encoder", "encoder+aspp")  # parts of glcnet.models.deeplab.PARTS that may be frozen
@@ -108,7 +110,7 @@ def run(cfg: FinetuneConfig, resume: bool = False) -> Path:
     seed_everything(cfg.seed)
     net = build_model(cfg.model, ds.in_channels, num_classes=ds.num_classes, mean=ds.mean, std=ds.std)
     report = load_pretrained(net, cfg.init, cfg.load, cfg.model)
-    print(summary(report))
+    log.info(summary(report))
     loader = _train_loader(cfg, ds)
     run_dir = RunDir.create(out, cfg, cfg.seed, extra={"task": "finetune", "resumed_from": last})
     write_json(out / "init.json", report)
@@ -116,8 +118,9 @@ def run(cfg: FinetuneConfig, resume: bool = False) -> Path:
     frozen = () if cfg.freeze == "none" else PARTS[cfg.freeze]
     task = SegmentationTask(net, cfg.optim, cfg.eval, ds.ignore_index, weights, frozen=frozen)
     trainer = build_trainer(cfg.trainer, run_dir, cfg.optim.epochs, monitor=MONITOR, mode="max",
-                            early_stop=cfg.early_stop, check_val_every_n_epoch=cfg.val_every)
+                            early_stop=cfg.early_stop, check_val_every_n_epoch=cfg.val_every, label="finetune")
     val_loader = DataLoader(val, batch_size=1, collate_fn=first, num_workers=0)
+    t0 = time.monotonic()
     trainer.fit(task, loader, val_loader, ckpt_path=last if resume else None)
     best = out / "checkpoints" / "best.ckpt"
     if trainer.is_global_zero:
@@ -132,10 +135,13 @@ def run(cfg: FinetuneConfig, resume: bool = False) -> Path:
             epoch = _load_net(best, net)
             selection = dict(selected_on=MONITOR, best_score=None if score is None else float(score))
         else:  # trainer.max_steps stopped training before the first validation (smoke runs)
-            print(f"warning: no validation pass ran before trainer.max_steps={cfg.trainer.max_steps}; "
-                  "model.pt holds the last weights")
+            log.warning(f"warning: no validation pass ran before trainer.max_steps={cfg.trainer.max_steps}; "
+                        "model.pt holds the last weights")
             epoch, selection = last_epoch, dict(selected_on="last (no validation pass ran)", best_score=None)
         torch_save(model_checkpoint(net, **meta, epoch=epoch, **selection, **extra), out / "model.pt")
+        score = selection["best_score"]
+        log.info("finetune: done, %d epochs, model.pt = epoch %d%s, in %s", last_epoch + 1, epoch + 1,
+                 "" if score is None else f" ({MONITOR} {score:.4f})", duration(time.monotonic() - t0))
     return out / "model.pt"
 
 

@@ -29,6 +29,7 @@ from glcnet.ssl.base import SSLMethod
 from glcnet.transforms import ViewCollate, Views
 from glcnet.utils.atomic import torch_save
 from glcnet.utils.memory import keep_freed_memory
+from glcnet.utils.progress import duration, log
 
 
 def _batch_size(batch: dict[str, torch.Tensor] | Views) -> int:
@@ -177,9 +178,17 @@ def run(cfg: PretrainConfig, resume: bool = False) -> Path:
     loader = _pool_loader(cfg, ds)
     trainer = build_trainer(cfg.trainer, run_dir, max_epochs=cfg.optim.epochs,
                             find_unused_parameters=method.find_unused_parameters,
-                            callbacks=[throughput_monitor(cfg), *_probe_callbacks(cfg, ds)])
+                            callbacks=[throughput_monitor(cfg), *_probe_callbacks(cfg, ds)],
+                            label=f"pretrain {cfg.method.name}")
+    t0 = time.monotonic()
+    log.info("pretrain %s: %d tiles, %d epochs%s -> %s", cfg.method.name, len(loader.dataset), cfg.optim.epochs,
+             " (resumed)" if resume else "", out)
     trainer.fit(task, loader, ckpt_path=last if resume else None)
-    return task.export(epochs_done=trainer.current_epoch)  # also covers a max_steps stop mid-epoch
+    path = task.export(epochs_done=trainer.current_epoch)  # also covers a max_steps stop mid-epoch
+    loss = trainer.callback_metrics.get("train/loss_epoch", trainer.callback_metrics.get("train/loss"))
+    log.info("pretrain %s: done, %d steps, loss %s, in %s", cfg.method.name, trainer.global_step,
+             "-" if loss is None else f"{float(loss):.4g}", duration(time.monotonic() - t0))
+    return path
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
