@@ -67,3 +67,30 @@ def chromium() -> str:
             pytest.fail("chromium not found; required in CI (apt-get install chromium, done by .ci/run)")
         pytest.skip("chromium not installed (apt-get install chromium)")
     return exe
+
+
+def run_cli_tty(*args: str, timeout: float = 300) -> tuple[int, str]:
+    """Run the real ``glcnet`` CLI with stdout and stderr on a pseudo-terminal (as in a user's shell);
+    return the exit status and everything it wrote."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # 40 rows, 120 columns
+    e = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "glcnet.cli", *map(str, args)], stdin=slave, stdout=slave,
+                         stderr=slave, env=e, close_fds=True)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    return p.wait(timeout=timeout), b"".join(chunks).decode(errors="replace")

@@ -53,7 +53,8 @@ class FakeStages:
         if ("evaluate", m["method"], m["fraction"]) in self.fail:
             raise ValueError("boom in evaluation")
         k = BASE[m["method"]] + 0.1 * m["fraction"] + 0.01 * m["seed"]
-        return {"kappa": k, "miou": k - 0.1, "oa": k + 0.2, "mean_f1": k + 0.05, "per_class": {}}
+        per_class = {"road": {"iou": k - 0.05}, "roof": {"iou": k - 0.15}}
+        return {"kappa": k, "miou": k - 0.1, "oa": k + 0.2, "mean_f1": k + 0.05, "per_class": per_class}
 
     def probe(self, init, data, cfg, model_cfg, seed):
         method = "none" if init == "none" else json.loads(Path(init).read_text())["method"]
@@ -303,12 +304,56 @@ def test_experiment_configs_load():
 STAGES = ["glcnet.data.prepare", "glcnet.ssl.pretrain", "glcnet.finetune.train", "glcnet.finetune.evaluate"]
 
 
+def test_report_page_shows_every_result_column(fake, cfg, chromium, tmp_path):
+    """report.html from results.csv as it is: columns added later (the probe's ``probe_*``) and
+    ``probe_curves.png`` appear without a change to the page; it renders in a browser."""
+    from browser import check_page, render
+
+    from glcnet.experiment.report import write_page
+
+    cfg.seeds = [0, 1]
+    paths = grid.run(cfg, log=lambda s: None)
+    assert paths["html"].is_file() and paths["png"].name == "kappa_vs_fraction.png"
+    out = Path(cfg.out)
+    with paths["csv"].open() as fh:
+        reader = csv.DictReader(fh)
+        fields, rows = list(reader.fieldnames), list(reader)
+    for r in rows:  # what the dense-probe branch adds
+        r["probe_miou_mean"], r["probe_miou_std"] = "0.4321" if r["method"] == "glcnet" else "0.3", "0.01"
+    with paths["csv"].open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fields[:-1] + ["probe_miou_mean", "probe_miou_std", "cells"])
+        w.writeheader()
+        w.writerows(rows)
+    (out / "probe_curves.png").write_bytes(paths["png"].read_bytes())
+    page = write_page(out, grid.Grid(cfg).results(), cfg.data, "fake grid", "**SYNTHETIC** note", plot=paths["png"])
+    text = page.read_text()
+    assert "linear probe (frozen features)" in text and "43.21" in text and 'alt="probe_curves.png"' in text
+    assert "<strong>SYNTHETIC</strong> note" in text and "<title>fake grid</title>" in text
+    # per-class IoU side by side: fake IoU of road = kappa - 0.05, mean over seeds 0 and 1 (+0.005)
+    assert text.count("<td class=\"left\">road</td>") == 2  # one table per fraction
+    assert "55.60" in text and "45.60" in text  # glcnet road / roof at 1%: 0.6 + 0.001 + 0.005 - 0.05 / - 0.15
+    assert "http://" not in text and "https://" not in text
+    found = render(page, tmp_path / "experiment_page.png", chromium)
+    check_page(found, min_images=2)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """``glcnet demo --quick`` run twice through the real CLI (the second run skips every cell)."""
+    if not all(importlib.util.find_spec(m) for m in STAGES):
+        pytest.skip("pipeline stages not all present yet")
+    from conftest import run_cli
+
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    first = run_cli("demo", "--quick", "--out", out)
+    again = run_cli("demo", "--quick", "--out", out)
+    return {"out": out, "first": first, "again": again}
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(not all(importlib.util.find_spec(m) for m in STAGES), reason="pipeline stages not all present yet")
-def test_demo_quick_end_to_end(cli, tmp_path):
-    p = cli("demo", "--quick", "--out", tmp_path / "demo")
-    assert "SYNTHETIC" in p.stdout and "report:" in p.stdout
-    exp = tmp_path / "demo" / "experiment"
+def test_demo_quick_end_to_end(demo):
+    p, exp = demo["first"], demo["out"] / "experiment"
+    assert "SYNTHETIC" in p.stdout and f"report: {exp / 'report.html'}" in p.stdout
     md = (exp / "results.md").read_text()
     assert "SYNTHETIC" in md
     for row in ("| Random init |", "| SimCLR |", "| GLCNet |"):
@@ -318,11 +363,38 @@ def test_demo_quick_end_to_end(cli, tmp_path):
     rows = list(csv.DictReader((exp / "results.csv").open()))
     assert {r["method"] for r in rows} == {"none", "simclr", "glcnet"}
     assert all(r["n_done"] == "1" and r["kappa_mean"] for r in rows)
-    assert (exp / "kappa_vs_fraction.png").stat().st_size > 1000
-    assert (tmp_path / "demo" / "synthetic_raw" / "README.txt").is_file()
+    assert (exp / "kappa_by_method.png").stat().st_size > 1000 and not (exp / "kappa_vs_fraction.png").exists()
+    assert (demo["out"] / "synthetic_raw" / "README.txt").is_file()
+    # progress on stderr, one line per finished stage (not a terminal: no bars)
+    err = p.stderr
+    assert "\r" not in err and "cell 1/3: none 5% seed 0 (elapsed " in err and "cell 3/3: glcnet" in err
+    for line in ("pretrain simclr: done", "pretrain glcnet: done", "finetune: done", "evaluate test: 1 scene,",
+                 "[3/3] glcnet 5% seed 0: done kappa=", "prepare: 6 scenes"):
+        assert line in err, line
+    assert err.count("finetune: done") == 3 and "ETA" in err
+    # every evaluation keeps its class maps for the page
+    assert len(list(exp.glob("cells/*/eval/pred/*.png"))) == 3
     # rerun: every cell is skipped (results keyed by config hash)
-    p = cli("demo", "--quick", "--out", tmp_path / "demo")
-    assert "pretrain " not in p.stdout and p.stdout.count(": done") == 3
+    again = demo["again"].stderr
+    assert "pretrain " not in again and "cell " not in again and again.count(": done") == 3
+
+
+@pytest.mark.slow
+def test_demo_report_in_a_browser(demo, chromium):
+    from browser import check_page, render
+
+    page = demo["out"] / "experiment" / "report.html"
+    text = page.read_text()
+    assert "SYNTHETIC" in text and "Per-class IoU" in text and "Random init" in text
+    found = render(page, demo["out"] / "report.png", chromium)
+    # plot + 1 test scene x (image, truth, 3 methods)
+    check_page(found, min_images=6)
+    shot = demo["out"] / "report.png"
+    from PIL import Image
+
+    with Image.open(shot) as im:
+        assert im.size[0] == 1400 and im.size[1] > 1000
+        assert len(im.convert("RGB").getcolors(1 << 20) or []) > 1000  # a rendered page, not a blank one
 
 
 def test_subsets_per_seed_reach_finetuning_and_probe(fake, cfg, monkeypatch):

@@ -34,7 +34,8 @@ def pipeline(tmp_path_factory, shared_data):
             "trainer.batch_size=4", "views.size=64", "method.patch_size=16", *SMALL)
     first = run_cli("finetune", "--data", prep, "--init", pre, "--out", ft, *FT, "optim.epochs=1")
     resumed = run_cli("finetune", "--data", prep, "--init", pre, "--out", ft, *FT, "optim.epochs=2", "--resume")
-    return {"root": root, "prep": prep, "pre": pre, "ft": ft, "log": first.stdout + resumed.stdout}
+    return {"root": root, "prep": prep, "pre": pre, "ft": ft,
+            "log": first.stdout + first.stderr + resumed.stdout + resumed.stderr}
 
 
 def test_finetune_outputs_and_model_selection(pipeline):
@@ -62,17 +63,66 @@ def test_evaluate_on_test_scenes(pipeline, capsys):
     out = pipeline["root"] / "eval"
     assert cli_main(["evaluate", "--ckpt", str(pipeline["ft"] / "model.pt"), "--split", "test", "--out", str(out),
                      "--window", "256", "--stride", "256"]) == 0
-    assert "test: OA" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "test: OA" in printed.out and f"report: {out / 'report.html'}" in printed.out
+    assert "evaluate test: 1 scene, 16 windows, Kappa " in printed.err  # 1024 px scene, window = stride = 256
     m = json.loads((out / "metrics.json").read_text())
     splits = json.loads((pipeline["prep"] / "splits.json").read_text())["scenes"]
     assert list(m["scenes"]) == splits["test"] and not set(m["scenes"]) & set(splits["val"])
     mask = np.load(pipeline["prep"] / "masks" / f"{splits['test'][0]}.npy")
     assert m["pixels"] == int((mask != 255).sum()) == int(np.sum(m["confusion"]))
     assert 0 <= m["oa"] <= 1 and set(m["per_class"]) == set(json.loads((pipeline["prep"] / "dataset.json").read_text())["classes"])
+    scene = splits["test"][0]
     assert sorted(f.name for f in out.iterdir()) == sorted(["metrics.json", "metrics.md", "confusion.png",
-                                                            f"{splits['test'][0]}.png"])
+                                                            f"{scene}.png", "pred", "report.html"])
     assert "| OA | Kappa | mIoU | mean F1 |" in (out / "metrics.md").read_text()
-    assert Image.open(out / f"{splits['test'][0]}.png").size[0] > 3 * 1000  # image | truth | prediction
+    assert Image.open(out / f"{scene}.png").size[0] > 3 * 1000  # image | truth | prediction, titles, legend
+    # pred/SCENE.png: the class map, palette = class colours, pixel = class index
+    with Image.open(out / "pred" / f"{scene}.png") as im:
+        assert im.mode == "P" and im.size == mask.shape[::-1]
+        classes = np.asarray(im)
+        colors = json.loads((pipeline["prep"] / "dataset.json").read_text())["colors"]
+        assert im.getpalette()[:3 * len(colors)] == [v for c in colors for v in c]
+    assert classes.max() < len(colors) and 0 < m["oa"] == pytest.approx(
+        float(((classes == mask) & (mask != 255)).sum() / (mask != 255).sum()))
+
+
+def test_evaluation_page_in_a_browser(pipeline, chromium):
+    from browser import check_page, render
+
+    out = pipeline["root"] / "eval_page"
+    assert cli_main(["evaluate", "--ckpt", str(pipeline["ft"] / "model.pt"), "--out", str(out),
+                     "--window", "256", "--stride", "256"]) == 0
+    text = (out / "report.html").read_text()
+    assert "Per class" in text and "agriculture" in text and "ignore / no label" in text
+    found = render(out / "report.html", pipeline["root"] / "eval_page.png", chromium)
+    check_page(found, min_images=4)  # confusion matrix + image, truth, prediction of the test scene
+
+
+def test_export_real_runs_load_in_smp(pipeline, tmp_path):
+    """The pretraining and the fine-tuning runs of this pipeline, exported through the CLI."""
+    import segmentation_models_pytorch as smp
+
+    from glcnet.finetune.weights import load_model
+
+    for run, fmt, part in ((pipeline["pre"], "smp", "all"), (pipeline["ft"], "smp", None), (pipeline["pre"], "timm", None)):
+        out = tmp_path / f"{run.name}_{fmt}.pt"
+        assert cli_main(["export", str(run), "--format", fmt, "--out", str(out)] + (["--part", part] if part else [])) == 0
+        meta = json.loads(out.with_suffix(".json").read_text())
+        assert meta["bands"] == ["R", "G", "B"] and meta["method"] == "glcnet"
+        assert meta["kind"] == ("segmentation" if run == pipeline["ft"] else "pretrained")
+    model = smp.DeepLabV3Plus(**meta_of(tmp_path / "ft_smp.json")["smp"])
+    model.load_state_dict(torch.load(tmp_path / "ft_smp.pt", weights_only=True), strict=True)
+    ours, _ = load_model(pipeline["ft"] / "model.pt")
+    x = torch.rand(1, 3, 128, 128)
+    meta = meta_of(tmp_path / "ft_smp.json")
+    norm = (x - torch.tensor(meta["mean"]).view(1, -1, 1, 1)) / torch.tensor(meta["std"]).view(1, -1, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(norm), ours.predict_logits(x), rtol=1e-4, atol=1e-4)
+
+
+def meta_of(path):
+    return json.loads(path.read_text())
 
 
 def test_predict_georeferenced_geotiff(pipeline, shared_data):

@@ -92,6 +92,21 @@ def test_predict_6000_square_raster(tmp_path):
     assert Image.open(out["png"]).size == (1000, 1000)  # downsampled preview
 
 
+def test_progress_bar_on_a_terminal_only(tmp_path, model_pt, cli):
+    from conftest import run_cli_tty
+
+    raw = np.random.default_rng(2).integers(0, 256, (4, 96, 160), dtype=np.uint8)
+    tif = write_tif(tmp_path / "scene.tif", raw)
+    args = ["predict", "--ckpt", model_pt, tif, "--window", "64", "--stride", "32"]
+    code, text = run_cli_tty(*args, "--out", tmp_path / "tty")
+    assert code == 0, text
+    assert "scene.tif:" in text and "/8 " in text and "window/s" in text and "\r" in text  # a bar: 2 x 4 windows
+    p = cli(*args, "--out", tmp_path / "pipe")  # not a terminal: no bar, one line for the finished stage
+    assert "\r" not in p.stderr and "window/s" not in p.stderr
+    assert "predict scene.tif: 160x96 px, 8 windows in " in p.stderr
+    assert str(tmp_path / "pipe" / "scene_pred.tif") in p.stdout
+
+
 def test_cli_predict_and_bad_inputs(tmp_path, model_pt, cli, capsys):
     raw = np.random.default_rng(1).integers(0, 256, (4, 70, 90), dtype=np.uint8)
     good = write_tif(tmp_path / "good.tif", raw)

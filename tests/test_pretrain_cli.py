@@ -42,7 +42,7 @@ def epoch_means(run: Path, key: str) -> list[float]:
 
 @pytest.mark.parametrize("method,extra,skip", [
     ("glcnet", [], 0),
-    ("simclr", [], 0),
+    ("simclr", ["trainer.tensorboard=true"], 0),
     # the queue starts as random unit vectors (an easy task) and is full of real keys after
     # one epoch (2 steps of 8): compare from there; faster momentum for a 12-step run
     ("mocov2", ["method.queue_size=16", "method.momentum=0.9"], 1),
@@ -50,11 +50,21 @@ def epoch_means(run: Path, key: str) -> list[float]:
     ("jigsaw", ["method.jigsaw_permutations=4"], 0),
     ("glcnet", ["views.in_loader=true", "trainer.num_workers=1"], 0),  # views made in a DataLoader worker
 ])
-def test_method_learns_without_collapse(potsdam, tmp_path, method, extra, skip):
+def test_method_learns_without_collapse(potsdam, tmp_path, method, extra, skip, capsys):
     out = tmp_path / method
     rc = cli_main(["pretrain", "--config", "pretrain_cpu", "--data", str(potsdam), "--out", str(out),
                    "--method", method, "optim.epochs=6", *SMALL, *extra])
     assert rc == 0
+    # not a terminal: no bar, the last epoch's line and the stage's line on stderr
+    err = capsys.readouterr().err
+    assert f"pretrain {method} epoch 6/6: " in err and f"pretrain {method}: done, " in err and "\r" not in err
+    if "trainer.tensorboard=true" in extra:  # tensorboard --logdir RUN shows the logged scalars
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(out / "tensorboard"))
+        events.Reload()
+        assert {"train/loss_epoch", "train/emb_std_epoch"} <= set(events.Tags()["scalars"])
+        assert len(events.Scalars("train/loss_epoch")) == 6
     loss = epoch_means(out, "loss")
     assert len(loss) == 6
     assert sum(loss[-2:]) / 2 < loss[skip], f"{method}: loss did not go down: {loss}"

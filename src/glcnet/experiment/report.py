@@ -27,8 +27,8 @@ from glcnet.utils.atomic import write_text
 
 IDENTITY = ("method", "label", "fraction", "n_done", "n_failed", "n_total", "cells")  # not metric columns
 TOKENS = {"kappa": "Kappa", "miou": "mIoU", "oa": "OA", "f1": "F1", "iou": "IoU", "acc": "acc"}
-GROUPS = {"": "test scenes", "val": "val scenes (selected epoch)", "probe": "frozen probe"}
-FIGURES = [("probe_curves.png", "Frozen-encoder probe: metric against the labelled fraction (branch probe).")]
+GROUPS = {"": "test scenes", "val": "val scenes (selected epoch)", "probe": "linear probe (frozen features)"}
+FIGURES = [("probe_curves.png", "Linear probe on the frozen pretrained features (probe_curves.png).")]
 
 
 def column_title(metric: str) -> str:
