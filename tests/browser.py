@@ -58,7 +58,7 @@ def _run(exe: str, args: list[str], timeout: float) -> subprocess.CompletedProce
     with tempfile.TemporaryDirectory(prefix="glcnet-chromium-") as profile:
         env = {**os.environ, "HOME": profile}  # nothing of the user's profile or cache
         return subprocess.run([exe, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True,
-                              timeout=timeout, env=env)
+                              timeout=timeout, env=env, check=False)
 
 
 def render(page: Path, screenshot: Path, exe: str, timeout: float = 120) -> dict:
@@ -72,7 +72,7 @@ def render(page: Path, screenshot: Path, exe: str, timeout: float = 120) -> dict
                        probed.as_uri()], timeout)
     finally:
         probed.unlink(missing_ok=True)
-    m = re.search(r'<pre id="__probe">(.*?)</pre>', p.stdout, re.S)
+    m = re.search(r'<pre id="__probe">(.*?)</pre>', p.stdout, re.DOTALL)
     if m is None:
         raise AssertionError(f"chromium did not run the page's load event (rc {p.returncode}):\n{p.stderr[-2000:]}")
     found = json.loads(html.unescape(m.group(1)))

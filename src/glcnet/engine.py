@@ -98,8 +98,8 @@ class RngState(Callback):
 
 
 def _metrics_text(trainer: L.Trainer) -> str:
-    """``train_loss 0.512, val_miou 0.413``: the progress-bar metrics (the ``_epoch`` means where logged)."""
-    shown = {k.removesuffix("_epoch"): float(v) for k, v in trainer.progress_bar_metrics.items()
+    """``loss 0.512, val_miou 0.413``: the progress-bar metrics (the epoch means where logged)."""
+    shown = {k.removeprefix("train/").removesuffix("_epoch"): float(v) for k, v in trainer.progress_bar_metrics.items()
              if not k.endswith("_step") and k != "v_num"}
     return ", ".join(f"{k} {v:.4g}" for k, v in shown.items())
 
@@ -124,6 +124,12 @@ class EpochBar(TQDMProgressBar):
     def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
         super().on_train_epoch_start(trainer, *args)
         self.train_progress_bar.set_description(f"{self.label} epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        """The latest step values under short names (``loss``, ``samples_per_s``, ``val_miou``)."""
+        items = super().get_metrics(trainer, pl_module)
+        return {k.removeprefix("train/").removesuffix("_step"): v for k, v in items.items()
+                if k != "v_num" and not k.endswith("_epoch")}
 
 
 class EpochLines(Callback):

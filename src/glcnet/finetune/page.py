@@ -219,7 +219,7 @@ def evaluation_page(folder: Path, metrics: dict[str, Any], ckpt: dict[str, Any],
     for name, c in metrics["per_class"].items():
         rows.append([esc(name)] + [(pct(c[k]), "", shade(c[k]) if k == "iou" else "")
                                    for k in ("iou", "precision", "recall", "f1")] + [f"{c['support']:,}"])
-    figs = [f"<div class='card'><h3>Per class</h3>"
+    figs = ["<div class='card'><h3>Per class</h3>"
             + table(["class", "IoU %", "precision %", "recall %", "F1 %", "support (px)"], rows)
             + "<p class='meta'>–: class absent from ground truth and prediction (left out of the means).</p></div>",
             figure(file_uri(folder / "confusion.png"), "Confusion matrix, rows normalised (recall per true "
