@@ -104,13 +104,14 @@ def _metrics_text(trainer: L.Trainer) -> str:
     return ", ".join(f"{k} {v:.4g}" for k, v in shown.items())
 
 
-def _fraction_done(trainer: L.Trainer) -> float:
-    """Share of the run's optimizer steps done (``max_steps`` or ``max_epochs``, whichever ends it first)."""
+def _fraction_done(trainer: L.Trainer, epochs_done: int) -> float:
+    """Share of the run done after ``epochs_done`` epochs and ``trainer.global_step`` steps
+    (``max_steps`` or ``max_epochs``, whichever ends it first)."""
     parts = []
     if trainer.max_steps and trainer.max_steps > 0:
         parts.append(trainer.global_step / trainer.max_steps)
     if trainer.max_epochs and trainer.max_epochs > 0:
-        parts.append((trainer.current_epoch + 1) / trainer.max_epochs)
+        parts.append(epochs_done / trainer.max_epochs)
     return min(1.0, max(parts)) if parts else 0.0
 
 
@@ -135,8 +136,9 @@ class EpochBar(TQDMProgressBar):
 class EpochLines(Callback):
     """Without a bar (not a terminal): an epoch line at most every ``interval`` s, and always the last.
 
-    ``<label> epoch e/E: train_loss 0.51, val_miou 0.41 (elapsed 1m02s, ETA 12m30s)``; the
-    ETA extrapolates the time of the epochs run in this process to the steps left.
+    ``<label> epoch e/E: loss 0.51, val_miou 0.41 (elapsed 1m02s, ETA 12m30s)``; the ETA
+    extrapolates the time of the epochs run in this process (a resumed run: since the resume)
+    to the work left.
     """
 
     def __init__(self, label: str, interval: float = HEARTBEAT_S):
@@ -146,12 +148,12 @@ class EpochLines(Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.t0 = self.last = time.monotonic()
-        self.start = _fraction_done(trainer) if trainer.current_epoch else 0.0  # resumed runs: work done before
+        self.start = _fraction_done(trainer, trainer.current_epoch)  # resumed runs: the work done before
 
     @rank_zero_only
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         now = time.monotonic()
-        done = _fraction_done(trainer)
+        done = _fraction_done(trainer, trainer.current_epoch + 1)
         final = done >= 1.0 or trainer.should_stop
         if not final and now - self.last < self.interval:
             return

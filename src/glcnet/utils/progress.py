@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from typing import IO, Any
@@ -33,14 +34,23 @@ class _TqdmHandler(logging.Handler):
             self.handleError(record)
 
 
+def _rank() -> int:
+    """This process's rank under torchrun / SLURM / Lightning's DDP launcher (0 when alone)."""
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
 def setup_logging(level: int = logging.INFO) -> None:
-    """Route the ``glcnet`` logger to stderr (idempotent: one handler however often called)."""
+    """Route the ``glcnet`` logger to stderr (idempotent: one handler however often called).
+    Under DDP only rank 0 tells the progress; the other ranks log warnings and errors."""
     for h in [h for h in log.handlers if isinstance(h, _TqdmHandler)]:
         log.removeHandler(h)
     handler = _TqdmHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     log.addHandler(handler)
-    log.setLevel(level)
+    log.setLevel(level if _rank() == 0 else max(level, logging.WARNING))
     log.propagate = False
 
 
