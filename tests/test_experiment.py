@@ -305,8 +305,9 @@ STAGES = ["glcnet.data.prepare", "glcnet.ssl.pretrain", "glcnet.finetune.train",
 
 
 def test_report_page_shows_every_result_column(fake, cfg, chromium, tmp_path):
-    """report.html from results.csv as it is: columns added later (the probe's ``probe_*``) and
-    ``probe_curves.png`` appear without a change to the page; it renders in a browser."""
+    """report.html shows results.csv as it is, one table per column group (test, val, probe, paired
+    differences, and a group added later without a change here), probe_curves.png when there, the
+    per-class IoU side by side; it renders in a browser with every image, no error, no request."""
     from browser import check_page, render
 
     from glcnet.experiment.report import write_page
@@ -314,20 +315,27 @@ def test_report_page_shows_every_result_column(fake, cfg, chromium, tmp_path):
     cfg.seeds = [0, 1]
     paths = grid.run(cfg, log=lambda s: None)
     assert paths["html"].is_file() and paths["png"].name == "kappa_vs_fraction.png"
+    text = paths["html"].read_text()
+    for heading in ("Test scenes", "Val scenes, selected epoch", "Frozen-feature linear probe, val scenes",
+                    "Paired test Kappa differences"):
+        assert f"<h3>{heading}</h3>" in text, heading
+    assert "decoder mIoU %" in text and "ASPP mIoU" not in text  # probe columns without values are left out
+    assert "vs Random init %" in text and "+20.00 <span class='sd'>[+20.00, +20.00]</span>" in text
     out = Path(cfg.out)
     with paths["csv"].open() as fh:
         reader = csv.DictReader(fh)
         fields, rows = list(reader.fieldnames), list(reader)
-    for r in rows:  # what the dense-probe branch adds
-        r["probe_miou_mean"], r["probe_miou_std"] = "0.4321" if r["method"] == "glcnet" else "0.3", "0.01"
+    for r in rows:  # a column group a later version may add
+        r["future_score_mean"], r["future_score_std"] = ("0.4321" if r["method"] == "glcnet" else "0.3"), "0.01"
     with paths["csv"].open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fields[:-1] + ["probe_miou_mean", "probe_miou_std", "cells"])
+        w = csv.DictWriter(fh, fields[:-1] + ["future_score_mean", "future_score_std", "cells"])
         w.writeheader()
         w.writerows(rows)
     (out / "probe_curves.png").write_bytes(paths["png"].read_bytes())
     page = write_page(out, grid.Grid(cfg).results(), cfg.data, "fake grid", "**SYNTHETIC** note", plot=paths["png"])
     text = page.read_text()
-    assert "linear probe (frozen features)" in text and "43.21" in text and 'alt="probe_curves.png"' in text
+    assert "<h3>future</h3>" in text and '<td class="best" style="">43.21 <span' in text  # best in bold
+    assert 'alt="probe_curves.png"' in text
     assert "<strong>SYNTHETIC</strong> note" in text and "<title>fake grid</title>" in text
     # per-class IoU side by side: fake IoU of road = kappa - 0.05, mean over seeds 0 and 1 (+0.005)
     assert text.count("<td class=\"left\">road</td>") == 2  # one table per fraction

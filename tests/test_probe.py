@@ -121,7 +121,7 @@ def test_probe_cli_none_and_a_pretraining_with_the_online_probe(synthetic, tmp_p
               "trainer.batch_size=4", "trainer.num_workers=0", "trainer.progress=false", "probe.fraction=0.5"]
     p = run_cli("pretrain", "--data", synthetic, "--method", "simclr", "--out", tmp_path / "with", *common,
                 "probe.every=2")
-    assert "probe step 0:" in p.stdout and "probe step 2:" in p.stdout and "probe step 3:" in p.stdout
+    assert "probe step 0:" in p.stderr and "probe step 2:" in p.stderr and "probe step 3:" in p.stderr  # progress
     rows = [json.loads(x) for x in (tmp_path / "with" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "probe/decoder_miou" in r] == [0, 2, 3]
     run_cli("pretrain", "--data", synthetic, "--method", "simclr", "--out", tmp_path / "without", *common,

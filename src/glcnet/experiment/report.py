@@ -19,27 +19,51 @@ from typing import Any
 
 import numpy as np
 
-from glcnet.experiment.table import CellResult, frac_label, label, order_methods
-from glcnet.finetune.page import (PAGE_SCENES, document, esc, figure, file_uri, legend, markdown_inline, pct,
-                                  scene_images, scene_rows, shade, table)
+from glcnet.experiment.table import LABELS, CellResult, frac_label, label, order_methods
+from glcnet.finetune.page import (
+    PAGE_SCENES,
+    document,
+    esc,
+    figure,
+    file_uri,
+    legend,
+    markdown_inline,
+    pct,
+    scene_images,
+    scene_rows,
+    shade,
+    table,
+)
 from glcnet.finetune.report import band_label, display_step
 from glcnet.utils.atomic import write_text
 
 IDENTITY = ("method", "label", "fraction", "n_done", "n_failed", "n_total", "cells")  # not metric columns
-TOKENS = {"kappa": "Kappa", "miou": "mIoU", "oa": "OA", "f1": "F1", "iou": "IoU", "acc": "acc"}
-GROUPS = {"": "test scenes", "val": "val scenes (selected epoch)", "probe": "linear probe (frozen features)"}
-FIGURES = [("probe_curves.png", "Linear probe on the frozen pretrained features (probe_curves.png).")]
+TOKENS = {"kappa": "Kappa", "miou": "mIoU", "oa": "OA", "f1": "F1", "iou": "IoU", "acc": "acc",
+          "dkappa": "Δ Kappa", "aspp": "ASPP"}
+GROUPS = {  # first token of a column name -> its table (columns without one are test metrics)
+    "": ("Test scenes", "mean ± sample std over seeds"),
+    "val": ("Val scenes, selected epoch", "the model-selection metrics: choose a sweep's setting on these"),
+    "probe": ("Frozen-feature linear probe, val scenes",
+              "a linear classifier per pixel fitted on the frozen features the fine-tuning starts from"),
+    "dkappa": ("Paired test Kappa differences",
+               "mean over seeds of (method − baseline) for the same seed, with its 95% Student-t interval"),
+}
+FIGURES = [("probe_curves.png", ("Frozen-feature probe mIoU on the val scenes against the pretraining step, "
+                                 "per method (the left end is the random initialisation)."))]
 
 
-def column_title(metric: str) -> str:
-    """``val_mean_f1`` -> ``mean F1`` (group ``val``); ``probe_miou`` -> ``mIoU`` (group ``probe``)."""
-    return " ".join(TOKENS.get(t, t) for t in metric.split("_")[bool(column_group(metric)):])
+def column_group(name: str) -> str:
+    """``val_kappa`` -> ``val``; ``probe_decoder_miou`` -> ``probe``; ``dkappa_vs_none`` -> ``dkappa``;
+    ``kappa``, ``mean_f1`` -> ``""`` (test)."""
+    head = name.split("_")[0]
+    return head if "_" in name and head not in ("kappa", "miou", "oa", "mean", "f1") else ""
 
 
-def column_group(metric: str) -> str:
-    """First token when it names a group of metrics (``val``, ``probe``, ...), else ``""`` (test)."""
-    head = metric.split("_")[0]
-    return head if "_" in metric and head not in TOKENS and head != "mean" else ""
+def column_title(name: str) -> str:
+    """``val_mean_f1`` -> ``mean F1``; ``probe_decoder_miou`` -> ``decoder mIoU``; ``dkappa_vs_none`` ->
+    ``vs Random init``."""
+    tokens = name.split("_")[1:] if column_group(name) else name.split("_")
+    return " ".join(TOKENS.get(t, LABELS.get(t, t)) for t in tokens)
 
 
 def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -48,57 +72,88 @@ def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
         return list(reader.fieldnames or []), list(reader)
 
 
-def _num(x: str) -> float:
+def _num(x: str | None) -> float:
     try:
-        return float(x)
+        return float(x)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return math.nan
 
 
-def results_table(path: Path) -> str:
-    """``results.csv`` as an HTML table: rows grouped by fraction, a column per metric
-    (``mean ± std`` in % when all its values lie in [-1, 1]), best mean per fraction in bold."""
+class _Column:
+    """One shown column: ``NAME_mean`` with ``NAME_std`` (a spread) or ``NAME_low``/``NAME_high`` (an
+    interval), or a plain column; values in % when every value lies in [-1, 1]."""
+
+    def __init__(self, name: str, kind: str, rows: list[dict[str, str]]):
+        self.name, self.kind = name, kind
+        key = f"{name}_mean" if kind != "plain" else name
+        values = [v for r in rows if not math.isnan(v := _num(r.get(key)))]
+        self.key, self.empty = key, not values and all(not r.get(key) for r in rows)
+        self.percent = bool(values) and all(abs(v) <= 1 for v in values)
+
+    def title(self) -> str:
+        return column_title(self.name) + (" %" if self.percent else "")
+
+    def _fmt(self, v: float, sign: bool = False) -> str:
+        if self.percent:
+            return f"{100 * v:+.2f}" if sign else f"{100 * v:.2f}"
+        return f"{v:+.4g}" if sign else f"{v:.4g}"
+
+    def cell(self, r: dict[str, str], best: float, distinct: bool) -> Any:
+        if self.kind == "plain":
+            return esc(r.get(self.name, ""))
+        mean = _num(r.get(self.key))
+        if math.isnan(mean):
+            return "–"
+        if self.kind == "interval":
+            low, high, n = _num(r.get(f"{self.name}_low")), _num(r.get(f"{self.name}_high")), r.get(f"{self.name}_n")
+            txt = self._fmt(mean, sign=True)
+            if not math.isnan(low) and not math.isnan(high):
+                return f"{txt} <span class='sd'>[{self._fmt(low, True)}, {self._fmt(high, True)}]</span>"
+            return txt + (f" <span class='sd'>(n={esc(n)})</span>" if n else "")
+        std = _num(r.get(f"{self.name}_std"))
+        txt = self._fmt(mean) + ("" if math.isnan(std) else f" <span class='sd'>± {self._fmt(std)}</span>")
+        return (txt, "best" if mean == best and distinct else "")
+
+
+def results_tables(path: Path) -> str:
+    """``results.csv`` as HTML: one table per column group (test, val, probe, paired differences,
+    any group added later), rows grouped by label fraction, best mean per fraction in bold;
+    columns without any value are left out."""
     fields, rows = read_csv(path)
-    metrics = [f[:-5] for f in fields if f.endswith("_mean") and f"{f[:-5]}_std" in fields]
-    paired = {f"{m}_{s}" for m in metrics for s in ("mean", "std")}
-    extra = [f for f in fields if f not in IDENTITY and f not in paired]
-    order = sorted(set(column_group(m) for m in metrics), key=lambda g: (g not in GROUPS, list(GROUPS).index(g)
-                                                                          if g in GROUPS else 0, g))
-    metrics = [m for g in order for m in metrics if column_group(m) == g]
-    percent = {m: all(abs(_num(r[f"{m}_mean"])) <= 1 for r in rows if not math.isnan(_num(r[f"{m}_mean"])))
-               for m in metrics}
-    head = ["method", "seeds"] + [column_title(m) + (" %" if percent[m] else "") for m in metrics] + extra
-    groups = [("", 2)] + [(GROUPS.get(g, g), sum(column_group(m) == g for m in metrics)) for g in order]
-    groups += [("", len(extra))] if extra else []
-    out: list[list[Any]] = []
-    for frac in sorted({r["fraction"] for r in rows}, key=float):
-        group = [r for r in rows if r["fraction"] == frac]
-        best = {m: max((_num(r[f"{m}_mean"]) for r in group), default=math.nan) for m in metrics}
-        out.append(["<group>", f"{esc(frac_label(float(frac)))} of the training tiles labelled"])
-        for r in group:
-            n = f"{r.get('n_done', '')}/{r.get('n_total', '')}"
-            if r.get("n_failed") not in (None, "", "0"):
-                n += f" <span class='sd'>({esc(r['n_failed'])} failed)</span>"
-            cells: list[Any] = [esc(r.get("label") or r["method"]), n]
-            for m in metrics:
-                mean, std = _num(r[f"{m}_mean"]), _num(r[f"{m}_std"])
-                if math.isnan(mean):
-                    cells.append("–")
-                    continue
-                scale = 100 if percent[m] else 1
-                txt = f"{scale * mean:.2f}" if percent[m] else f"{mean:.4g}"
-                if not math.isnan(std):
-                    txt += f" <span class='sd'>± {scale * std:.2f}</span>" if percent[m] else \
-                        f" <span class='sd'>± {std:.3g}</span>"
-                cells.append((txt, "best" if mean == best[m] and _distinct(group, m) else ""))
-            cells += [esc(r.get(f, "")) for f in extra]
-            out.append(cells)
-    return table(head, out, left=1, groups=groups)
-
-
-def _distinct(rows: list[dict[str, str]], metric: str) -> bool:
-    """More than one distinct mean in the column: only then is one of them 'best'."""
-    return len({r[f"{metric}_mean"] for r in rows if r[f"{metric}_mean"]}) > 1
+    cols: list[_Column] = []
+    used = set(IDENTITY)
+    for f in fields:
+        base = f.removesuffix("_mean")
+        if f.endswith("_mean") and f"{base}_std" in fields:
+            cols.append(_Column(base, "spread", rows))
+            used |= {f, f"{base}_std"}
+        elif f.endswith("_mean") and f"{base}_low" in fields and f"{base}_high" in fields:
+            cols.append(_Column(base, "interval", rows))
+            used |= {f, f"{base}_low", f"{base}_high", f"{base}_n"}
+    cols += [_Column(f, "plain", rows) for f in fields if f not in used]
+    cols = [c for c in cols if not c.empty]
+    groups = list(dict.fromkeys(column_group(c.name) for c in cols))
+    groups.sort(key=lambda g: list(GROUPS).index(g) if g in GROUPS else len(GROUPS))
+    fractions = sorted({r["fraction"] for r in rows}, key=float)
+    html = []
+    for g in groups:
+        shown = [c for c in cols if column_group(c.name) == g]
+        out: list[list[Any]] = []
+        for frac in fractions:
+            block = [r for r in rows if r["fraction"] == frac]
+            out.append(["<group>", f"{esc(frac_label(float(frac)))} of the training tiles labelled"])
+            best = {c.name: max((_num(r.get(c.key)) for r in block), default=math.nan) for c in shown}
+            distinct = {c.name: len({r.get(c.key) for r in block if r.get(c.key)}) > 1 for c in shown}
+            for r in block:
+                n = f"{r.get('n_done', '')}/{r.get('n_total', '')}"
+                if r.get("n_failed") not in (None, "", "0"):
+                    n += f" <span class='sd'>({esc(r['n_failed'])} failed)</span>"
+                out.append([esc(r.get("label") or r["method"]), n]
+                           + [c.cell(r, best[c.name], distinct[c.name]) for c in shown])
+        title, note = GROUPS.get(g, (g, ""))
+        html.append(f"<div class='card'><h3>{esc(title)}</h3>" + (f"<p class='meta'>{esc(note)}.</p>" if note else "")
+                    + table(["method", "seeds done"] + [c.title() for c in shown], out) + "</div>")
+    return "<div class='figs'>" + "".join(html) + "</div>"  # side by side where they fit
 
 
 def _per_class(out: Path, cells: list[CellResult]) -> dict[tuple[str, float], dict[str, float]]:
@@ -139,9 +194,9 @@ def per_class_tables(out: Path, cells: list[CellResult], classes: list[str] | No
             vs = [per[(m, frac)][n] for n in names if n in per[(m, frac)]]
             means.append(pct(sum(vs) / len(vs)) if vs else "–")
         rows.append(["<strong>mean of the classes present</strong>"] + [f"<strong>{v}</strong>" for v in means])
-        html.append(f"<h3>{esc(frac_label(frac))} of the training tiles labelled</h3><div class='card'>"
+        html.append(f"<div class='card'><h3>{esc(frac_label(frac))} of the training tiles labelled</h3>"
                     + table(["class"] + [label(m) + " %" for m in cols], rows) + "</div>")
-    return "".join(html)
+    return "<div class='figs'>" + "".join(html) + "</div>"
 
 
 def _dataset(data: str) -> Any:
@@ -222,10 +277,10 @@ def write_page(out: str | Path, cells: list[CellResult], data: str, title: str =
     out = Path(out)
     ds = _dataset(data)
     body = ["<h2>Results</h2>",
-            "<p>Test-scene metrics, mean ± sample std over seeds; <strong>bold</strong> = best mean per "
-            "column and label fraction. Each fine-tuning keeps its best epoch on the val scenes (val columns); "
-            "the test scenes are used for nothing else.</p>",
-            "<div class='card'>" + results_table(out / "results.csv") + "</div>"]
+            ("<p>Metrics in %, mean ± sample std over seeds; <strong>bold</strong> = best mean per column and "
+             "label fraction. Each fine-tuning keeps its best epoch on the val scenes; the test scenes are used "
+             "for nothing else.</p>"),
+            results_tables(out / "results.csv")]
     figs = []
     if plot is not None and plot.is_file():
         figs.append(figure(file_uri(plot), "Test Kappa, mean ± std over seeds.", alt=plot.name))
@@ -234,14 +289,14 @@ def write_page(out: str | Path, cells: list[CellResult], data: str, title: str =
             figs.append(figure(file_uri(out / name), caption, alt=name))
     if figs:
         body += ["<h2>Plots</h2>", "<div class='figs'>" + "".join(figs) + "</div>"]
-    body += ["<h2>Per-class IoU</h2>", "<p>Test IoU per class in %, mean over finished seeds; "
-             "<strong>bold</strong> = best method per class.</p>",
+    body += ["<h2>Per-class IoU</h2>", ("<p>Test IoU per class in %, mean over finished seeds; "
+                                        "<strong>bold</strong> = best method per class.</p>"),
              per_class_tables(out, cells, ds.classes if ds is not None else None)]
     body += ["<h2>Test scenes</h2>", scenes_section(out, cells, data)]
     n = {s: sum(c.status == s for c in cells) for s in ("done", "failed", "pending")}
-    body += [f"<h2>Cells</h2><details {'open' if n['failed'] else ''}><summary>{len(cells)} cells: {n['done']} "
-             f"done, {n['failed']} failed, {n['pending']} pending</summary><div class='card'>{cells_table(cells)}"
-             "</div></details>"]
+    body.append(f"<h2>Cells</h2><details {'open' if n['failed'] else ''}><summary>{len(cells)} cells: {n['done']} "
+                f"done, {n['failed']} failed, {n['pending']} pending</summary><div class='card'>{cells_table(cells)}"
+                "</div></details>")
     meta = f"data <code>{esc(data)}</code>" + (f" ({esc(ds.name)})" if ds is not None else "")
     path = out / "report.html"
     default = "Experiment results" + (f": {ds.name}" if ds is not None else "")

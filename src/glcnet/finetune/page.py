@@ -13,8 +13,9 @@ import datetime as _dt
 import html
 import io
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -47,6 +48,8 @@ td .sd { color: var(--muted); font-size: 12px; }
 td.best { font-weight: 700; }
 .figs { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
 .figs > .card { margin: 0; }
+.card h3 { margin-top: 2px; }
+.card p.meta { margin: 0 0 8px; max-width: 520px; }
 figure { margin: 0; background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 10px; }
 figure img { display: block; max-width: 100%; height: auto; }
 figcaption { color: var(--muted); font-size: 12px; margin-top: 6px; max-width: 640px; }

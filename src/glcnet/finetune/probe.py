@@ -45,6 +45,7 @@ from glcnet.config import ProbeConfig
 from glcnet.data.splits import window_starts
 from glcnet.errors import GlcnetError
 from glcnet.finetune.metrics import compute_metrics, confusion_matrix
+from glcnet.utils.progress import log
 
 LAYERS = ("aspp", "decoder")
 
@@ -272,7 +273,7 @@ class ProbeCallback(Callback):
     steps and at the end. ``every = -1`` (auto): about 10 points per run, and the interval
     doubles whenever the probes have cost more than ``budget`` (10%) of the training time
     so far. Results go to every logger (``metrics.jsonl``: ``probe/<layer>_<miou|kappa|oa>``,
-    ``probe/seconds``), to the progress bar and as one printed line.
+    ``probe/seconds``), to the progress bar and as one line of the ``glcnet`` logger.
     """
 
     def __init__(self, probe: DenseProbe, every: int = -1, budget: float = 0.1):
@@ -299,7 +300,7 @@ class ProbeCallback(Callback):
             logger.log_metrics(metrics, step=step)
         layer = "decoder" if "decoder" in result else next(iter(k for k in result if k != "seconds"))
         self._bar = {"probe_miou": result[layer]["miou"]}
-        print(summary_line(result, f"probe step {step}"), flush=True)
+        log.info(summary_line(result, f"probe step {step}"))
         trained = time.perf_counter() - self._t0 - self.probe_seconds
         if self.auto and step > 0 and self.probe_seconds > self.budget * max(trained, 1e-9):
             self.every *= 2  # keep probing under ~budget of the run
@@ -320,5 +321,4 @@ class ProbeCallback(Callback):
             self._run(trainer, pl_module)
         if trainer.is_global_zero and self.probe_seconds > 0:
             total = time.perf_counter() - self._t0
-            print(f"probe: {self.probe_seconds:.0f} s of {total:.0f} s ({100 * self.probe_seconds / total:.1f}%)",
-                  flush=True)
+            log.info(f"probe: {self.probe_seconds:.0f} s of {total:.0f} s ({100 * self.probe_seconds / total:.1f}%)")

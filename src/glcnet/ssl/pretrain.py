@@ -137,7 +137,7 @@ def _probe_callbacks(cfg: PretrainConfig, ds: Any) -> list[Any]:
         return []
     why = DenseProbe.unavailable(ds, cfg.probe.fraction)
     if why:
-        print(f"probe off: {cfg.data}: {why}", flush=True)
+        log.info(f"probe off: {cfg.data}: {why}")
         return []
     return [ProbeCallback(DenseProbe.from_config(ds, cfg.probe), cfg.probe.every)]
 

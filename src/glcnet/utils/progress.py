@@ -30,7 +30,7 @@ class _TqdmHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             tqdm.write(self.format(record), file=sys.stderr)
-        except Exception:  # pragma: no cover - logging must never raise
+        except (OSError, ValueError):  # pragma: no cover - a closed stream: logging must never raise
             self.handleError(record)
 
 
@@ -72,7 +72,7 @@ def bar(total: int | None, desc: str, unit: str = "it", enabled: bool = True, **
 
 def duration(seconds: float) -> str:
     """``75`` -> ``"1m15s"``; ``3725`` -> ``"1h02m"``; ``9`` -> ``"9s"``."""
-    s = int(round(max(0.0, seconds)))
+    s = round(max(0.0, seconds))
     if s < 60:
         return f"{s}s"
     if s < 3600:
