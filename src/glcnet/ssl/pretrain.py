@@ -13,6 +13,7 @@ method's ``forward`` (or, with ``views.in_loader=true``, in the DataLoader worke
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 from typing import Any
 
