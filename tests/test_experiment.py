@@ -321,6 +321,7 @@ def test_report_page_shows_every_result_column(fake, cfg, chromium, tmp_path):
         assert f"<h3>{heading}</h3>" in text, heading
     assert "decoder mIoU %" in text and "ASPP mIoU" not in text  # probe columns without values are left out
     assert "vs Random init %" in text and "+20.00 <span class='sd'>[+20.00, +20.00]</span>" in text
+    assert "+0.00 <span class='sd'>" not in text  # no row of a baseline against itself
     out = Path(cfg.out)
     with paths["csv"].open() as fh:
         reader = csv.DictReader(fh)

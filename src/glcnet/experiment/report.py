@@ -105,6 +105,8 @@ class _Column:
         if math.isnan(mean):
             return "–"
         if self.kind == "interval":
+            if self.name.endswith(f"_vs_{r.get('method')}"):
+                return ""  # a method against itself
             low, high, n = _num(r.get(f"{self.name}_low")), _num(r.get(f"{self.name}_high")), r.get(f"{self.name}_n")
             txt = self._fmt(mean, sign=True)
             if not math.isnan(low) and not math.isnan(high):
