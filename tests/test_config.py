@@ -4,8 +4,7 @@ import math
 
 import pytest
 
-from glcnet.config import (ExperimentConfig, FinetuneConfig, OptimConfig, PretrainConfig, load_config,
-                           save_config)
+from glcnet.config import ExperimentConfig, FinetuneConfig, OptimConfig, PretrainConfig, load_config, save_config
 from glcnet.engine import lr_factor
 from glcnet.errors import GlcnetError
 
@@ -63,3 +62,30 @@ def test_lr_schedules():
     assert lr_factor(7, warm) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
     with pytest.raises(GlcnetError, match="unknown schedule"):
         lr_factor(0, OptimConfig(schedule="step"))
+
+
+def test_list_override_keeps_method_entries_with_brackets():
+    cfg = load_config(ExperimentConfig, None, ["methods=[glcnet,glcnet[method.lam=0.25,views.scale=[0.2,1.0]]]",
+                                               "seeds=[0, 1]", "fractions=[0.01,0.05]"])
+    assert cfg.methods == ["glcnet", "glcnet[method.lam=0.25,views.scale=[0.2,1.0]]"]
+    assert cfg.seeds == [0, 1] and cfg.fractions == [0.01, 0.05]
+    assert load_config(ExperimentConfig, None, ["methods=[]"]).methods == []
+
+
+def test_unknown_key_and_bad_type_are_one_line_with_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim: {lr: 0.1, epochs: ten}\n")
+    with pytest.raises(GlcnetError, match=r"bad\.yaml: optim\.epochs: expected an integer, got 'ten'") as e:
+        load_config(PretrainConfig, bad)
+    assert "\n" not in str(e.value)
+    with pytest.raises(GlcnetError, match=r"^unknown key 'optimm' \(valid: data, out, seed, model, views"):
+        load_config(PretrainConfig, None, ["optimm.lr=1"])
+    with pytest.raises(GlcnetError, match=r"views\.scale: expected a list of 2 values, got \[0\.5\]"):
+        load_config(PretrainConfig, None, ["views.scale=[0.5]"])
+    with pytest.raises(GlcnetError, match=r"views: expected a mapping, got 5"):
+        load_config(PretrainConfig, None, ["views=5"])
+    with pytest.raises(GlcnetError, match=r"views\.rgb_bands\[0\]: expected an integer, got 'red'"):
+        load_config(PretrainConfig, None, ["views.rgb_bands=red"])
+    assert load_config(PretrainConfig, None, ["views.rgb_bands=null"]).views.rgb_bands is None
+    with pytest.raises(GlcnetError, match="expected key=value"):
+        load_config(PretrainConfig, None, ["optim.lr"])

@@ -1,23 +1,30 @@
 """Typed configs for every command, loaded from YAML with ``key.sub=value`` overrides.
 
+The dataclasses below are the schema; OmegaConf structured configs load them
+(:mod:`glcnet.utils.structured`): defaults <- YAML file <- overrides, in struct mode (an
+unknown key is an error that lists the valid keys) with type checks (a wrong type is an
+error naming the key), each as one line.
 Every run saves its resolved config (``config.yaml``) in its run directory, so a run
 can be repeated exactly with ``glcnet <command> --config RUN/config.yaml``.
-Unknown keys are errors that list the valid keys.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import types
-import typing
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
 from glcnet.errors import GlcnetError
+from glcnet.utils.structured import from_dict as from_dict  # re-exported: the config API is glcnet.config
+from glcnet.utils.structured import load
+from glcnet.utils.structured import split_top as split_top
+from glcnet.utils.structured import to_dict as to_dict
+from glcnet.utils.structured import with_overrides as with_overrides
 
 T = TypeVar("T")
 
@@ -81,6 +88,8 @@ class MethodConfig:
 
 @dataclass
 class OptimConfig:
+    """Adam and its learning-rate schedule (:func:`glcnet.engine.lr_factor`)."""
+
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.99)
     weight_decay: float = 1e-5
@@ -129,6 +138,8 @@ class ProbeConfig:
 # ----------------------------------------------------------------------------- commands
 @dataclass
 class PretrainConfig:
+    """``glcnet pretrain``: data, run folder, seed and the parts above."""
+
     data: str = ""  # prepared data set folder (glcnet prepare)
     out: str = "runs/pretrain"
     seed: int = 0
@@ -154,6 +165,8 @@ class EvalConfig:
 
 @dataclass
 class FinetuneConfig:
+    """``glcnet finetune``: labelled fraction, initialisation, what to load/freeze, schedule."""
+
     data: str = ""
     out: str = "runs/finetune"
     seed: int = 0
@@ -185,112 +198,13 @@ class ExperimentConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     probe: bool = True  # frozen-feature probe (pretrain.probe.*) of every cell's initial network, and probe curves
     pretrain_seed: int = -1  # -1: one pretraining per seed; >= 0: one pretraining (this seed) shared by all seeds
-    subsets: str = "prepared"  # labelled subsets of the cells: prepared (prepare's, one for all seeds) | seed (one per seed)
+    subsets: str = "prepared"  # cells' labelled subsets: prepared (prepare's, one for all seeds) | seed (one per seed)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
 # ----------------------------------------------------------------------------- loading
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Convert a YAML value to the annotated type, or raise GlcnetError naming ``where``."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise GlcnetError(f"{where}: expected a mapping, got {value!r}")
-        return from_dict(tp, value, where)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, where)
-            except GlcnetError as e:
-                errors.append(str(e))
-        raise GlcnetError(errors[0] if errors else f"{where}: bad value {value!r}")
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise GlcnetError(f"{where}: expected a list of {len(args)} values, got {value!r}")
-        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            value = [value]
-        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise GlcnetError(f"{where}: expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise GlcnetError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise GlcnetError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if value is None or isinstance(value, (dict, list)):
-            raise GlcnetError(f"{where}: expected a string, got {value!r}")
-        return str(value)
-    return value
-
-
-def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
-    """Build dataclass ``cls`` from a nested dict; unknown keys raise with the valid list."""
-    hints = _hints(cls)
-    names = [f.name for f in fields(cls)]
-    unknown = [k for k in data if k not in names]
-    if unknown:
-        raise GlcnetError(f"{where}: unknown key {unknown[0]!r} (valid: {', '.join(names)})")
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
-    default = cls()
-    for k, v in kwargs.items():
-        cur = getattr(default, k)
-        if is_dataclass(cur) and isinstance(data[k], dict):
-            # merge onto the (possibly non-default) nested default, not the bare class
-            v = from_dict(type(cur), {**to_dict(cur), **data[k]}, f"{where}.{k}")
-        setattr(default, k, v)
-    return default
-
-
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain nested dict (tuples as lists) for YAML/JSON."""
-
-    def plain(x: Any) -> Any:
-        if isinstance(x, dict):
-            return {k: plain(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [plain(v) for v in x]
-        return x
-
-    return plain(asdict(cfg))
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` strings (value parsed as YAML) to a nested dict, in place."""
-    for ov in overrides:
-        if "=" not in ov:
-            raise GlcnetError(f"override {ov!r}: expected key=value (e.g. optim.lr=0.001)")
-        key, raw = ov.split("=", 1)
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            value = raw
-        node = data
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise GlcnetError(f"override {ov!r}: {p!r} is not a section")
-        node[parts[-1]] = value
-    return data
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -307,9 +221,6 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-
-
 def resolve_config(name: str | Path) -> Path:
     """A config file path, or the name of a packaged config (``pretrain_cpu`` -> glcnet/configs/pretrain_cpu.yaml)."""
     p = Path(name)
@@ -322,12 +233,12 @@ def resolve_config(name: str | Path) -> Path:
     raise GlcnetError(f"{name}: config file not found (packaged configs: {known})")
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] | None = None) -> T:
     """Defaults <- YAML file or packaged config name (if any) <- ``key=value`` overrides, checked against ``cls``."""
-    path = resolve_config(path) if path else None
-    data = read_yaml(path) if path else {}
-    apply_overrides(data, overrides or [])
-    return from_dict(cls, data, str(path) if path else "config")
+    if not path:
+        return load(cls, {}, overrides or [])
+    path = resolve_config(path)
+    return load(cls, read_yaml(path), overrides or [], where=str(path))
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
@@ -339,7 +250,7 @@ def save_config(cfg: Any, path: str | Path) -> None:
 
 def replace(cfg: T, **changes: Any) -> T:
     """``dataclasses.replace`` re-exported for convenience."""
-    return dataclasses.replace(cfg, **changes)
+    return dataclasses.replace(cfg, **changes)  # type: ignore[type-var]
 
 
 def add_config_args(parser: argparse.ArgumentParser, packaged: str, *, run_dir: bool = True,
@@ -359,4 +270,4 @@ def config_from_args(cls: type[T], args: argparse.Namespace, flags: Mapping[str,
     (``{argument: config key}``; default ``--data``, ``--out``) where set: flags win."""
     flags = {"data": "data", "out": "out"} if flags is None else flags
     given = [f"{key}={getattr(args, dest)}" for dest, key in flags.items() if getattr(args, dest, None) is not None]
-    return load_config(cls, args.config, list(args.overrides) + given)
+    return load_config(cls, args.config, [*args.overrides, *given])

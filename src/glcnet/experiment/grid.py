@@ -55,10 +55,10 @@ from glcnet.config import (
     FinetuneConfig,
     PretrainConfig,
     add_config_args,
-    apply_overrides,
     config_from_args,
-    from_dict,
+    split_top,
     to_dict,
+    with_overrides,
 )
 from glcnet.errors import GlcnetError
 from glcnet.experiment.curves import plot_probe_curves
@@ -113,15 +113,7 @@ def parse_method(spec: str) -> tuple[str, list[str]]:
     name, inner = split_spec(spec.strip())
     if not re.fullmatch(r"[A-Za-z0-9_]+", name) or ("[" in spec and not spec.strip().endswith("]")):
         raise GlcnetError(f"experiment: method entry {spec!r}: expected NAME or NAME[key=value,...]")
-    parts, depth, cur = [], 0, ""
-    for ch in inner:
-        depth += (ch == "[") - (ch == "]")
-        if ch == "," and depth == 0:
-            parts.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    parts = [p.strip() for p in parts + [cur] if p.strip()]
+    parts = split_top(inner)
     bad = [p for p in parts if "=" not in p]
     if bad:
         raise GlcnetError(f"experiment: method entry {spec!r}: {bad[0]!r} is not key=value")
@@ -145,12 +137,7 @@ def _split(overrides: list[str]) -> tuple[list[str], list[str]]:
 
 def pretrain_config(cfg: ExperimentConfig, method: str, seed: int) -> PretrainConfig:
     name, overrides = parse_method(method)
-    overrides = _split(overrides)[0]
-    if overrides:
-        data = apply_overrides(to_dict(cfg.pretrain), overrides)
-        pc = from_dict(PretrainConfig, data, f"experiment: method entry {method!r}: pretrain")
-    else:
-        pc = copy.deepcopy(cfg.pretrain)
+    pc = with_overrides(cfg.pretrain, _split(overrides)[0], f"experiment: method entry {method!r}: pretrain")
     pc.data, pc.seed, pc.method.name = cfg.data, seed, name
     if not any(abs(pc.probe.fraction - f) < 1e-9 for f in cfg.fractions):
         pc.probe.fraction = min(cfg.fractions)
@@ -165,11 +152,7 @@ SUBSETS = ("prepared", "seed")
 def finetune_config(cfg: ExperimentConfig, fraction: float, seed: int, method: str = "none") -> FinetuneConfig:
     """The fine-tuning of a cell: ``cfg.finetune`` + the method entry's ``finetune.*`` overrides."""
     overrides = _split(parse_method(method)[1])[1]
-    if overrides:
-        data = apply_overrides(to_dict(cfg.finetune), overrides)
-        fc = from_dict(FinetuneConfig, data, f"experiment: method entry {method!r}: finetune")
-    else:
-        fc = copy.deepcopy(cfg.finetune)
+    fc = with_overrides(cfg.finetune, overrides, f"experiment: method entry {method!r}: finetune")
     fc.data, fc.seed, fc.fraction = cfg.data, seed, fraction
     if cfg.subsets == "seed":
         fc.subset_seed = seed
@@ -179,9 +162,8 @@ def finetune_config(cfg: ExperimentConfig, fraction: float, seed: int, method: s
 def _stages() -> dict[str, Any]:
     """The pipeline stages the grid orchestrates (imported lazily; tests replace this)."""
     from glcnet.finetune import evaluate, train
-    from glcnet.ssl import METHOD_NAMES, pretrain
-
     from glcnet.finetune.probe_cli import probe_checkpoint
+    from glcnet.ssl import METHOD_NAMES, pretrain
 
     return {"methods": METHOD_NAMES, "pretrain": pretrain.run, "finetune": train.run, "evaluate": evaluate.run,
             "val_metrics": train.selected_val_metrics, "probe": probe_checkpoint}
