@@ -1,9 +1,9 @@
-# `make demo` and `make test` do all set-up on a fresh machine.
+# `make demo` and `make test` do all set-up on a fresh machine; `make test` lints (ruff, mypy) first.
 PY ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: demo test install clean
+.PHONY: demo test lint install clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
@@ -17,7 +17,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/glcnet demo --out demo_out
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/mypy
+
+test: lint
 	$(VENV)/bin/python -m pytest -q tests
 
 clean:

@@ -309,7 +309,6 @@ def test_report_page_shows_every_result_column(fake, cfg, chromium, tmp_path):
     differences, and a group added later without a change here), probe_curves.png when there, the
     per-class IoU side by side; it renders in a browser with every image, no error, no request."""
     from browser import check_page, render
-
     from glcnet.experiment.report import write_page
 
     cfg.seeds = [0, 1]

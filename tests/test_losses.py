@@ -19,7 +19,6 @@ from glcnet.losses import (
 )
 from glcnet.models.heads import JigsawHead, ProjectionHead, ReconstructionHead
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

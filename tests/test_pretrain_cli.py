@@ -18,11 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import run_cli
 from glcnet.cli import main as cli_main
 from glcnet.config import ModelConfig
 from glcnet.models import build_model
-
-from conftest import run_cli
 
 SMALL = ["views.size=64", "model.aspp_channels=64", "method.patch_size=16", "trainer.batch_size=8", "trainer.num_workers=0",
          "trainer.progress=false", "trainer.log_every=1"]

@@ -10,13 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import run_cli
 from glcnet.data.prepare import prepare
 from glcnet.data.prepared import PreparedDataset
 from glcnet.data.synthetic import BANDS, CLASSES, generate_scenes
 from glcnet.experiment.stats import paired_difference
 from glcnet.finetune.probe import DenseProbe, fit_linear_probe, sample_features
-
-from conftest import run_cli
 
 
 def test_fit_separates_linearly_separable_features():

@@ -7,7 +7,17 @@ import pytest
 import rasterio
 from PIL import Image
 
-from glcnet.data.synthetic import BANDS, CLASSES, IMPERVIOUS, LOW_VEG, TREE, WATER, make_scene, value_noise, generate_scenes
+from glcnet.data.synthetic import (
+    BANDS,
+    CLASSES,
+    IMPERVIOUS,
+    LOW_VEG,
+    TREE,
+    WATER,
+    generate_scenes,
+    make_scene,
+    value_noise,
+)
 from glcnet.errors import GlcnetError
 
 

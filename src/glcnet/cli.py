@@ -22,17 +22,20 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("glcnet.data.info_cli", "summarise a prepared data set"),
     "pretrain": ("glcnet.ssl.pretrain", "self-supervised pretraining (glcnet, simclr, mocov2, inpainting, jigsaw)"),
     "finetune": ("glcnet.finetune.train", "fine-tune DeepLabv3+ on a labelled fraction, select on val scenes"),
-    "probe": ("glcnet.finetune.probe_cli", "dense linear probe of frozen features (any checkpoint or none) on the val scenes"),
+    "probe": ("glcnet.finetune.probe_cli",
+              "dense linear probe of frozen features (any checkpoint or none) on the val scenes"),
     "evaluate": ("glcnet.finetune.evaluate", "whole-scene sliding-window evaluation: OA, Kappa, mIoU, F1"),
     "predict": ("glcnet.finetune.predict", "predict georeferenced class maps for rasters of any size"),
     "experiment": ("glcnet.experiment.grid", "methods x label fractions x seeds comparison table"),
     "demo": ("glcnet.experiment.demo", "small comparison on built-in synthetic scenes (no download)"),
-    "export": ("glcnet.models.export", "write a run's weights for smp, timm or torchgeo code (+ a JSON of bands, statistics)"),
+    "export": ("glcnet.models.export",
+               "write a run's weights for smp, timm or torchgeo code (+ a JSON of bands, statistics)"),
     "benchmark": ("glcnet.benchmarks", "speed/memory benchmarks: views, pretrain, predict"),
 }
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``glcnet`` parser; only the subcommand ``only`` gets its arguments (fast ``--help``)."""
     parser = argparse.ArgumentParser(prog="glcnet", description=__doc__.splitlines()[0])
     from glcnet import __version__
 
@@ -46,6 +49,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; a :class:`GlcnetError` becomes ``error: ...`` and exit status 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command if command in COMMANDS else None)

@@ -14,8 +14,9 @@ import os
 import random
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, cast
 
 import lightning as L
 import numpy as np
@@ -23,6 +24,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 
 from glcnet.config import OptimConfig, TrainerConfig
 from glcnet.errors import GlcnetError
@@ -81,7 +83,7 @@ class RngState(Callback):
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         checkpoint["rng"] = {
             "python": random.getstate(),
-            "numpy": _np_state_to_torch(np.random.get_state()),
+            "numpy": _np_state_to_torch(cast(tuple, np.random.get_state(legacy=True))),
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
@@ -229,7 +231,7 @@ def build_trainer(
         devices=_devices(tcfg.devices),
         num_nodes=tcfg.num_nodes,
         strategy=_strategy(tcfg, find_unused_parameters),
-        precision=tcfg.precision,
+        precision=tcfg.precision,  # type: ignore[arg-type]  # a name that Lightning checks
         max_epochs=max_epochs,
         max_steps=tcfg.max_steps,
         limit_train_batches=limit_batches,
@@ -286,11 +288,11 @@ def lr_factor(epoch: int, ocfg: OptimConfig) -> float:
     raise GlcnetError(f"optim.schedule: unknown schedule {ocfg.schedule!r} (valid: cosine, exp, constant)")
 
 
-def configure_optim(params: Iterable[torch.nn.Parameter], ocfg: OptimConfig) -> dict[str, Any]:
+def configure_optim(params: Iterable[torch.nn.Parameter], ocfg: OptimConfig) -> OptimizerLRSchedulerConfig:
     """Adam(lr, betas, weight_decay) + per-epoch schedule, as Lightning's ``configure_optimizers``."""
     lr_factor(0, ocfg)  # validate the schedule name early
     opt = torch.optim.Adam([p for p in params if p.requires_grad], lr=ocfg.lr,
-                           betas=tuple(ocfg.betas), weight_decay=ocfg.weight_decay)
+                           betas=(ocfg.betas[0], ocfg.betas[1]), weight_decay=ocfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: lr_factor(e, ocfg))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 

@@ -41,6 +41,7 @@ def git_commit() -> str | None:
 
 
 def versions() -> dict[str, str]:
+    """Python's and the main libraries' versions (``run.json``)."""
     out = {"python": platform.python_version()}
     for mod in ("torch", "lightning", "segmentation_models_pytorch", "torchmetrics", "numpy", "rasterio"):
         try:
@@ -57,7 +58,7 @@ class RunDir:
         self.path = Path(path)
 
     @classmethod
-    def create(cls, path: str | os.PathLike, cfg: Any, seed: int, extra: dict[str, Any] | None = None) -> "RunDir":
+    def create(cls, path: str | os.PathLike, cfg: Any, seed: int, extra: dict[str, Any] | None = None) -> RunDir:
         run = cls(path)
         run.path.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run.path / "config.yaml")

@@ -17,6 +17,7 @@ BENCHMARKS = {
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``glcnet benchmark``."""
     sub = parser.add_subparsers(dest="benchmark", metavar="NAME", required=True)
     for name, help_ in BENCHMARKS.items():
         p = sub.add_parser(name, help=help_, description=help_)
@@ -24,4 +25,5 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run ``glcnet benchmark``; returns the exit status."""
     return importlib.import_module(f"glcnet.benchmarks.{args.benchmark}").main(args)

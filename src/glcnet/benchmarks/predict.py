@@ -28,6 +28,7 @@ from glcnet.utils.atomic import write_json
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``glcnet benchmark predict``."""
     parser.add_argument("--sizes", default="2000,6000", help="raster sides, comma-separated (default 2000,6000)")
     parser.add_argument("--bands", type=int, default=4)
     parser.add_argument("--classes", type=int, default=6)
@@ -65,7 +66,8 @@ def _write_model(path: Path, encoder: str, bands: int, classes: int) -> None:
     cfg = ModelConfig(encoder=encoder)
     model = build_model(cfg, bands, num_classes=classes)
     torch_save(model_checkpoint(model, cfg, bands=[f"b{i}" for i in range(bands)], value_range=[[0, 255]] * bands,
-                                classes=[f"c{i}" for i in range(classes)], colors=[[i * 40 % 256] * 3 for i in range(classes)],
+                                classes=[f"c{i}" for i in range(classes)],
+                                colors=[[i * 40 % 256] * 3 for i in range(classes)],
                                 ignore_index=255), path)
 
 
@@ -100,10 +102,11 @@ def child(ckpt: str, raster: str, out: str, window: int, stride: int, batch_size
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run ``glcnet benchmark predict``; returns the exit status."""
     sizes = [int(s) for s in args.sizes.split(",")]
     results = []
-    with tempfile.TemporaryDirectory(prefix="glcnet-bench-predict-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="glcnet-bench-predict-") as name:
+        tmp = Path(name)
         _write_model(tmp / "model.pt", args.encoder, args.bands, args.classes)
         for side in sizes:
             raster = tmp / f"random_{side}.tif"

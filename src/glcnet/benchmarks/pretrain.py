@@ -23,6 +23,7 @@ from glcnet.utils.memory import keep_freed_memory
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``glcnet benchmark pretrain``."""
     parser.add_argument("--encoder", default=None, help="default: resnet18 on CPU, resnet50 on GPU")
     parser.add_argument("--batch", type=int, default=None, help="default: 16 on CPU, 128 on GPU")
     parser.add_argument("--tile", type=int, default=256)
@@ -84,10 +85,10 @@ def _loader_rate(args: argparse.Namespace, batch: int) -> float:
         pool = TileDataset(PreparedDataset(root), splits=("train", "unlabeled"), with_mask=False, uint8=True)
         loader = DataLoader(pool, batch_size=batch, shuffle=True, drop_last=True,
                             num_workers=args.workers, persistent_workers=args.workers > 0)
-        n, t0 = 0, None
-        for epoch in range(100):
-            for i, b in enumerate(loader):
-                if t0 is None:  # first batch includes worker start-up
+        n, t0 = 0, 0.0
+        for _ in range(100):
+            for b in loader:
+                if not t0:  # first batch includes worker start-up
                     t0 = time.perf_counter()
                     continue
                 n += b["image"].shape[0]
@@ -97,6 +98,7 @@ def _loader_rate(args: argparse.Namespace, batch: int) -> float:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run ``glcnet benchmark pretrain``; returns the exit status."""
     keep_freed_memory()  # as glcnet pretrain does
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     encoder = args.encoder or ("resnet50" if device.type == "cuda" else "resnet18")
@@ -115,5 +117,6 @@ def main(args: argparse.Namespace) -> int:
     print(f" loader: {res['loader_samples_per_s']:8.1f} samples/s with {args.workers} workers = "
           f"{res['loader_over_step']:.1f}x the glcnet step (target >= 3x)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"device": str(device), "encoder": encoder, "batch": batch, **res}, indent=2))
+        figures = {"device": str(device), "encoder": encoder, "batch": batch, **res}
+        Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0

@@ -40,8 +40,8 @@ def random_resized_crop(image: np.ndarray, label: np.ndarray, size: int, rng: np
         w = min(w, height)
         i, j = (height - w) // 2, (width - w) // 2
     image, label = image[i:i + h, j:j + w], label[i:i + h, j:j + w]
-    out = np.stack([_resize_band(image[:, :, c], size, Image.BILINEAR) for c in range(image.shape[2])], 2)
-    return out, _resize_band(label, size, Image.NEAREST)
+    out = np.stack([_resize_band(image[:, :, c], size, Image.Resampling.BILINEAR) for c in range(image.shape[2])], 2)
+    return out, _resize_band(label, size, Image.Resampling.NEAREST)
 
 
 def hue_saturation_value(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -129,7 +129,7 @@ def get_index(label1: np.ndarray, label2: np.ndarray, patch_size: int, patch_num
         taken = label1[r1[0] - half:r1[0] + half, r1[1] - half:r1[1] + half].reshape(-1).tolist()
         rest = set(candidates).difference(taken)
         if len(rest) > 1:
-            candidates = rest
+            candidates = list(rest)
     return result
 
 

@@ -36,6 +36,7 @@ from glcnet.utils.memory import keep_freed_memory
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``glcnet benchmark views``."""
     parser.add_argument("--batch", type=int, default=64, help="tiles per batch (default 64)")
     parser.add_argument("--batches", type=int, default=10, help="timed batches (default 10)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed batches first (default 3: steady state)")
@@ -114,6 +115,7 @@ def _in_processes(args: argparse.Namespace) -> tuple[float, float]:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run ``glcnet benchmark views``; returns the exit status."""
     if min(args.batch, args.batches, args.tile, args.bands, args.size) < 1 or min(args.warmup, args.processes) < 0:
         raise GlcnetError("benchmark views: --batch, --batches, --tile, --bands, --size must be >= 1, "
                           "--warmup and --processes >= 0")
@@ -135,7 +137,8 @@ def main(args: argparse.Namespace) -> int:
     gen = _generator(args)
     n = args.warmup + args.batches
     load_start = os.getloadavg()[0]
-    ref_t, our_t, times = [], [], {}  # (wall, process CPU) ms per sample
+    ref_t, our_t = [], []  # (wall, process CPU) ms per sample
+    times: dict[str, float] = {}
     for i in range(n):
         tiles = rng.integers(0, 256, (args.batch, args.tile, args.tile, args.bands), dtype=np.uint8)
         t0, c0 = time.perf_counter(), time.process_time()

@@ -10,6 +10,7 @@ from glcnet.data.splits import ALL_SPLITS, SPLITS
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``glcnet info``."""
     p.add_argument("dir", help="prepared data set folder (glcnet prepare)")
 
 
@@ -45,6 +46,7 @@ def summary(meta: dict[str, Any], split_info: dict[str, Any], tiles: Counter, br
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run ``glcnet info``; returns the exit status."""
     from glcnet.data.prepared import PreparedDataset
 
     ds = PreparedDataset(args.dir)

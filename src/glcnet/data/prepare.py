@@ -17,8 +17,9 @@ from __future__ import annotations
 import csv
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -69,7 +70,10 @@ def prepare(fmt: str, src: str | Path, out: str | Path, *, tile_size: int = 256,
     with atomic_dir(out, overwrite=overwrite) as tmp:
         for d in ("images", "masks"):
             (tmp / d).mkdir()
-        scenes, tiles, counts, has_label = [], [], {s: np.zeros(256, np.int64) for s in SPLITS}, []
+        scenes: list[dict[str, Any]] = []
+        tiles: list[tuple[int, str, str, int, int, int, int]] = []  # rows of tiles.csv
+        counts = {s: np.zeros(256, np.int64) for s in SPLITS}
+        has_label: list[int] = []
         t0, pixels = time.monotonic(), sum(h * w for h, w in shapes.values())
         progress = bar(pixels, "prepare", unit="px", unit_scale=True)
         for i, s in enumerate(sources):
@@ -171,11 +175,11 @@ def _preflight(f: Format, sources: list[Source], tile: int):
                 raise GlcnetError(f"{p}: is {e['count']} band(s) {e['width']}x{e['height']}, expected "
                                   f"1 band {w}x{h} like {s.image}")
             dts.append(e["dtype"])
-        for p in (s.mask, s.eval_mask):
-            if p is not None:
-                m = probe(p)
+        for label in (s.mask, s.eval_mask):
+            if label is not None:
+                m = probe(label)
                 if (m["height"], m["width"]) != (h, w):
-                    raise GlcnetError(f"{p}: mask is {m['width']}x{m['height']} but image {s.image.name} "
+                    raise GlcnetError(f"{label}: mask is {m['width']}x{m['height']} but image {s.image.name} "
                                       f"is {w}x{h}")
         if tile > h or tile > w:
             raise GlcnetError(f"{s.image}: scene {s.name} is {w}x{h}, smaller than the tile size {tile}")
@@ -185,6 +189,7 @@ def _preflight(f: Format, sources: list[Source], tile: int):
         elif dt != dtype:
             raise GlcnetError(f"{s.image}: dtype {dt} differs from {dtype} of {sources[0].image.name}")
         shapes[s.name] = (h, w)
+    assert bands is not None and band_dtypes is not None  # discover() found at least one scene
     return shapes, list(bands), band_dtypes, dtype
 
 

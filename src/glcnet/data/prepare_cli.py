@@ -6,6 +6,7 @@ import argparse
 import csv
 import json
 from collections import Counter
+from typing import Any
 
 from glcnet.data.formats import FORMATS
 from glcnet.data.splits import ALL_SPLITS, DEFAULT_FRACTIONS
@@ -16,24 +17,28 @@ def _list(kind=str):
         try:
             return [kind(v.strip()) for v in text.split(",") if v.strip()]
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__} values, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__} values, got {text!r}") from None
     return parse
 
 
 # format options: flag -> (dest, argparse kwargs); passed only when given
-_FORMAT_OPTIONS = {
-    "--labels": dict(choices=["full", "eroded"], help="potsdam/vaihingen: full labels or eroded (noBoundary, black -> 255)"),
-    "--imagery": dict(choices=["RGB", "RGBIR", "IRRG"], help="potsdam official layout: which orthophotos (default RGBIR)"),
+_FORMAT_OPTIONS: dict[str, dict[str, Any]] = {
+    "--labels": dict(choices=["full", "eroded"],
+                     help="potsdam/vaihingen: full labels or eroded (noBoundary, black -> 255)"),
+    "--imagery": dict(choices=["RGB", "RGBIR", "IRRG"],
+                      help="potsdam official layout: which orthophotos (default RGBIR)"),
     "--dsm": dict(action="store_true", default=None, help="vaihingen: add the DSM as band 'DSM'"),
     "--classes": dict(type=_list(), help="generic: class names, e.g. background,road"),
     "--bands": dict(type=_list(), help="generic: names of the image bands, e.g. R,G,B,NIR"),
     "--legend": dict(help="generic: colour masks, legend FILE (CSV/YAML/JSON rows name,r,g,b[,ignore])"),
-    "--reduce-zero-label": dict(action="store_true", default=None, help="generic: mask 0 -> 255, v -> v-1 (mmseg style)"),
+    "--reduce-zero-label": dict(action="store_true", default=None,
+                                help="generic: mask 0 -> 255, v -> v-1 (mmseg style)"),
     "--mask-threshold": dict(type=float, help="generic: binary masks, value >= T -> 1 else 0"),
 }
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``glcnet prepare``."""
     formats = "; ".join(f"{n}: {f.layout}" for n, f in FORMATS.items())
     p.description = f"{p.description}. Layouts - {formats}."
     p.add_argument("format", choices=list(FORMATS))
@@ -57,6 +62,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run ``glcnet prepare``; returns the exit status."""
     from glcnet.data.info_cli import summary
     from glcnet.data.prepare import prepare
 

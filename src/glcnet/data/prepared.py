@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -25,6 +26,8 @@ _REQUIRED = ("version", "bands", "classes", "ignore_index", "value_range", "mean
 
 
 class Tile(NamedTuple):
+    """One row of ``tiles.csv``: a window of a scene."""
+
     tile_id: int
     scene: str
     split: str
@@ -58,7 +61,7 @@ class PreparedDataset:
         if self.meta["version"] != 1:
             raise GlcnetError(f"{meta_path}: version {self.meta['version']} not supported (expected 1)")
         self._scenes = {s["name"]: s for s in self.meta["scenes"]}
-        self._arrays: dict[tuple[str, str], np.ndarray] = {}
+        self._arrays: dict[tuple[str, str], np.ndarray | None] = {}
 
     # -- metadata
     name = property(lambda self: self.meta.get("name", self.root.name))
@@ -144,7 +147,9 @@ class PreparedDataset:
 
     def raw(self, scene: str) -> np.ndarray:
         """Memory-mapped raw values ``[C, H, W]`` (native dtype)."""
-        return self._array("images", scene)
+        arr = self._array("images", scene)
+        assert arr is not None  # every scene has an image
+        return arr
 
     def image(self, scene: str) -> np.ndarray:
         """Scaled float32 ``[C, H, W]`` in [0, 1] (see :func:`scale`)."""

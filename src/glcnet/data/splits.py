@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -100,7 +100,7 @@ def assign_splits(scenes: dict[str, tuple[str | None, bool]], *, seed: int = 0,
             raise GlcnetError(f"{split_file}: scene {missing[0]!r} has no split")
         out.update({n: given[n] for n in labelled})
         return out
-    known = {n: scenes[n][0] for n in labelled if scenes[n][0] is not None}
+    known = {n: split for n in labelled if (split := scenes[n][0]) is not None}
     out.update(known)
     rest = [n for n in labelled if n not in known]
     if rest:

@@ -50,7 +50,7 @@ The CRS (EPSG:32633) and transforms are made up so that GIS tools can open the f
 """
 
 
-def value_noise(rng: np.random.Generator, size: int, cell: int, octaves: int = 4) -> np.ndarray:
+def value_noise(rng: np.random.Generator, size: int, cell: float, octaves: int = 4) -> np.ndarray:
     """Fractal value noise in [-1, 1], ``[size, size]`` float32.
 
     Octave k has grid spacing ``cell / 2**k`` and amplitude ``2**-k``; each octave is a
@@ -205,5 +205,6 @@ def generate_scenes(out_dir: str | Path, n_scenes: int = 6, size: int = 512, see
             if i < n_scenes:
                 Image.fromarray(mask).save(tmp / "masks" / f"{name}.png")
         (tmp / "README.txt").write_text(README.format(
-            seed=seed, n=n_scenes, u=n_unlabeled, size=size, classes=", ".join(f"{i} {c}" for i, c in enumerate(CLASSES))))
+            seed=seed, n=n_scenes, u=n_unlabeled, size=size,
+            classes=", ".join(f"{i} {c}" for i, c in enumerate(CLASSES))))
     return out_dir

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Sequence
 
 from glcnet.utils.atomic import atomic_path
 
@@ -36,7 +36,7 @@ def read_curve(metrics_jsonl: Path, layer: str, metric: str = "miou") -> dict[in
     return out
 
 
-def plot_probe_curves(runs: dict[str, Sequence[Path]], path: Path, labels: dict[str, str] | None = None,
+def plot_probe_curves(runs: Mapping[str, Sequence[Path]], path: Path, labels: dict[str, str] | None = None,
                       baseline: dict[str, float] | None = None, title: str = "") -> bool:
     """Plot the curves of ``runs`` (method -> pretraining run folders); False (nothing written) without any."""
     curves = {layer: {m: [c for r in rs if (c := read_curve(Path(r) / "metrics.jsonl", layer))]

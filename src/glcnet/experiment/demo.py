@@ -24,7 +24,8 @@ SCENES = {"full": {"n_scenes": 10, "n_unlabeled": 8, "size": 512, "tile": 128},
 # --quick: a few optimizer steps per stage, tiny views and windows
 QUICK = ["pretrain.views.size=64", "pretrain.method.patch_size=16", "pretrain.optim.epochs=1",
          "pretrain.trainer.max_steps=2", "pretrain.trainer.batch_size=8", "finetune.crop=64",
-         "finetune.optim.epochs=1", "finetune.val_every=1", "finetune.trainer.max_steps=2", "finetune.trainer.batch_size=4",
+         "finetune.optim.epochs=1", "finetune.val_every=1", "finetune.trainer.max_steps=2",
+         "finetune.trainer.batch_size=4",
          "finetune.eval.window=64", "finetune.eval.stride=64"]
 SYNTHETIC_NOTE = ("**SYNTHETIC DATA**: procedurally generated aerial-like scenes (glcnet.data.synthetic), "
                   "not real imagery; figures show that the pipeline works, not how the methods rank on real data.")
@@ -48,6 +49,7 @@ def synthetic_dataset(out: Path, quick: bool, fractions: list[float]) -> Path:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``glcnet demo``."""
     parser.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     parser.add_argument("--data", help="prepared data set to use instead of the synthetic scenes")
     parser.add_argument("--quick", action="store_true", help="seconds-scale schedule (smoke test)")
@@ -55,6 +57,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run ``glcnet demo``; returns the exit status."""
     from glcnet.experiment import grid
 
     t0 = time.time()

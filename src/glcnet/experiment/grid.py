@@ -35,6 +35,9 @@ pretraining runs the online probe (``pretrain.probe``, on the smallest fraction 
 grid unless ``pretrain.probe.fraction`` is one of the grid's) whose curves over the
 pretraining steps go to ``probe_curves.png``. Probe settings change neither the weights
 nor the fine-tuning, so they are not part of any hash.
+
+One module, longer than the others: what a cell is (method entries, configs, hashes,
+folders) and how the grid runs it are changed together.
 """
 
 from __future__ import annotations
@@ -47,8 +50,9 @@ import re
 import shutil
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from glcnet.config import (
     ExperimentConfig,
@@ -69,7 +73,8 @@ from glcnet.utils.progress import Eta
 from glcnet.utils.progress import log as _log
 
 # options that change neither the trained weights nor the metrics: left out of the hash
-_NO_EFFECT = {"out", "trainer.progress", "trainer.tensorboard", "trainer.log_every", "trainer.num_workers", "trainer.checkpoint_every"}
+_NO_EFFECT = {"out", "trainer.progress", "trainer.tensorboard", "trainer.log_every", "trainer.num_workers",
+              "trainer.checkpoint_every"}
 
 
 def short_hash(obj: Any) -> str:
@@ -136,6 +141,7 @@ def _split(overrides: list[str]) -> tuple[list[str], list[str]]:
 
 
 def pretrain_config(cfg: ExperimentConfig, method: str, seed: int) -> PretrainConfig:
+    """The pretraining config of a method entry (its overrides but ``finetune.*`` applied) and seed."""
     name, overrides = parse_method(method)
     pc = with_overrides(cfg.pretrain, _split(overrides)[0], f"experiment: method entry {method!r}: pretrain")
     pc.data, pc.seed, pc.method.name = cfg.data, seed, name
@@ -289,7 +295,8 @@ class Grid:
         if not self.cfg.probe or (cell / "probe.json").is_file():
             return
         pc = copy.deepcopy(self.cfg.pretrain.probe)
-        pc.fraction, pc.subset_seed = fraction, finetune_config(self.cfg, fraction, seed).subset_seed  # the cell's subset
+        # the cell's subset
+        pc.fraction, pc.subset_seed = fraction, finetune_config(self.cfg, fraction, seed).subset_seed
         result = _stages()["probe"](init, self.cfg.data, pc, self.cfg.finetune.model, self.pretrain_seed(seed))
         cell.mkdir(parents=True, exist_ok=True)
         write_json(cell / "probe.json", result)
@@ -332,7 +339,8 @@ class Grid:
         Before each cell that has work to do: ``cell i/N: ... (elapsed, ETA)``, the ETA from
         the mean time of the cells run so far (finished cells skipped in this run cost nothing).
         """
-        run_dir = RunDir.create(self.out, self.cfg, self.cfg.seeds[0], extra={"task": "experiment", "data_id": self.data})
+        run_dir = RunDir.create(self.out, self.cfg, self.cfg.seeds[0],
+                                extra={"task": "experiment", "data_id": self.data})
         todo = self.cells()
         eta = Eta(len(todo))
         for i, (m, f, s) in enumerate(todo, 1):
@@ -384,6 +392,7 @@ def run(cfg: ExperimentConfig, only_table: bool = False, title: str = "", note: 
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``glcnet experiment``."""
     add_config_args(parser, "experiment_cpu, experiment_potsdam_paper", run_dir=False,
                     example="seeds=[0,1] pretrain.optim.epochs=5")
     parser.add_argument("--only-table", action="store_true",
@@ -391,6 +400,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run ``glcnet experiment``; returns the exit status."""
     cfg = config_from_args(ExperimentConfig, args, {})
     paths = run(cfg, only_table=args.only_table)
     print(paths["md"].read_text())

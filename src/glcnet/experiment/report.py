@@ -67,6 +67,7 @@ def column_title(name: str) -> str:
 
 
 def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """Column names and rows of a CSV file."""
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
         return list(reader.fieldnames or []), list(reader)
@@ -183,7 +184,7 @@ def per_class_tables(out: Path, cells: list[CellResult], classes: list[str] | No
     for frac in sorted({f for _, f in per}):
         cols = [m for m in methods if (m, frac) in per]
         names = classes or list(dict.fromkeys(n for m in cols for n in per[(m, frac)]))
-        rows = []
+        rows: list[list[Any]] = []
         for name in names:
             vals = [per[(m, frac)].get(name) for m in cols]
             best = max((v for v in vals if v is not None), default=None)
@@ -262,6 +263,7 @@ def scenes_section(out: Path, cells: list[CellResult], data: str) -> str:
 
 
 def cells_table(cells: list[CellResult]) -> str:
+    """HTML table of every cell: method, fraction, seed, status, test and val Kappa, link to its folder."""
     methods = order_methods(list(dict.fromkeys(c.method for c in cells)))
     rows = []
     for c in sorted(cells, key=lambda c: (methods.index(c.method), c.fraction, c.seed)):

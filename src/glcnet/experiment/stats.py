@@ -13,12 +13,14 @@ For the ``n`` seeds where both cells finished, ``d_s = x_s(method) - x_s(baselin
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 
 @dataclass
 class Paired:
+    """Mean of ``n`` paired differences, their sample std and 95% interval."""
+
     n: int
     mean: float
     sd: float

@@ -80,11 +80,13 @@ def split_spec(method: str) -> tuple[str, str]:
 
 
 def label(method: str) -> str:
+    """Row label of a method entry: ``glcnet[method.lam=0.25]`` -> ``GLCNet [method.lam=0.25]``."""
     name, overrides = split_spec(method)
     return LABELS.get(name, name) + (f" [{overrides}]" if overrides else "")
 
 
 def frac_label(fraction: float) -> str:
+    """``0.01`` -> ``1%``."""
     return f"{fraction * 100:g}%"
 
 

@@ -112,6 +112,7 @@ def run(ckpt: str | Path, data: str | Path | None = None, split: str = "test", c
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``glcnet evaluate``."""
     parser.add_argument("--ckpt", required=True, help="model.pt written by glcnet finetune")
     parser.add_argument("--data", help="prepared data set (default: the one the model was fine-tuned on)")
     parser.add_argument("--split", default="test", help="scenes to evaluate: test (default) or val")
@@ -121,6 +122,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run ``glcnet evaluate``; returns the exit status."""
     cfg = EvalConfig(window=args.window, stride=args.stride, blend=args.blend, tta=args.tta,
                      batch_size=args.batch_size, isprs=not args.no_isprs)
     out = Path(args.out) if args.out else Path(args.ckpt).resolve().parent / f"eval_{args.split}"

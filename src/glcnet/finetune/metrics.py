@@ -20,7 +20,8 @@ Kappa is NaN when ``pe == 1`` (one class everywhere), as in scikit-learn.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -70,6 +70,7 @@ a { color: var(--accent); }
 
 # ----------------------------------------------------------------------------- images
 def data_uri(data: bytes, mime: str = "image/png") -> str:
+    """``data:`` URI of ``data`` (images embedded in report.html)."""
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
@@ -101,6 +102,7 @@ def scene_images(image: np.ndarray, mask: np.ndarray | None, colors: list[list[i
 
 # ----------------------------------------------------------------------------- blocks
 def esc(x: Any) -> str:
+    """HTML-escaped ``str(x)``."""
     return html.escape(str(x))
 
 
@@ -148,12 +150,14 @@ def shade(v: float | None) -> str:
 
 
 def figure(uri: str, caption: str = "", alt: str = "", width: int | None = None) -> str:
+    """``<figure>`` of an image URI with an optional caption and width."""
     w = f' style="width:{width}px"' if width else ""
     cap = f"<figcaption>{esc(caption)}</figcaption>" if caption else ""
     return f'<figure{w}><img src="{uri}" alt="{esc(alt or caption)}">{cap}</figure>'
 
 
 def legend(classes: Sequence[str], colors: Sequence[Sequence[int]], ignore: bool = True) -> str:
+    """HTML legend of the class colours (and black = ignore)."""
     items = [f'<span><i style="background: rgb({c[0]},{c[1]},{c[2]})"></i>{esc(n)}</span>'
              for n, c in zip(classes, colors)]
     if ignore:

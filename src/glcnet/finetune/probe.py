@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +47,9 @@ from glcnet.data.splits import window_starts
 from glcnet.errors import GlcnetError
 from glcnet.finetune.metrics import compute_metrics, confusion_matrix
 from glcnet.utils.progress import log
+
+if TYPE_CHECKING:
+    from glcnet.models import DeepLab
 
 LAYERS = ("aspp", "decoder")
 
@@ -116,7 +120,7 @@ def sample_features(feat: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, 
     return out[0, :, 0].T  # [n, D]
 
 
-def _features(net: torch.nn.Module, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
+def _features(net: DeepLab, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
     feats = net.features(x)
     return {k: feats[k] for k in layers}
 
@@ -191,7 +195,7 @@ class DenseProbe:
         return None
 
     @torch.no_grad()
-    def fit(self, net: torch.nn.Module) -> dict[str, LinearProbe]:
+    def fit(self, net: DeepLab) -> dict[str, LinearProbe]:
         dev = next(net.parameters()).device
         feats: dict[str, list[torch.Tensor]] = {k: [] for k in self.layers}
         labels: list[torch.Tensor] = []
@@ -209,7 +213,7 @@ class DenseProbe:
                 for k, v in feats.items()}
 
     @torch.no_grad()
-    def predict_scene(self, net: torch.nn.Module, probes: dict[str, LinearProbe],
+    def predict_scene(self, net: DeepLab, probes: dict[str, LinearProbe],
                       image: torch.Tensor) -> dict[str, torch.Tensor]:
         """Class maps ``{layer: [H, W] int64}`` of one scaled scene ``[C, H, W]`` (module doc)."""
         dev = next(net.parameters()).device
@@ -231,7 +235,7 @@ class DenseProbe:
                     out[k][y:y + win, xx:xx + win] = c
         return {k: v[:h, :w] for k, v in out.items()}
 
-    def __call__(self, net: torch.nn.Module) -> dict[str, Any]:
+    def __call__(self, net: DeepLab) -> dict[str, Any]:
         """Fit and score the probes of ``net``'s frozen features; the network's mode is restored."""
         t0 = time.perf_counter()
         was_training = net.training

@@ -83,6 +83,7 @@ def _data_of(ckpt: str) -> str | None:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``glcnet probe``."""
     parser.add_argument("--ckpt", required=True, help="pretraining run folder, pretrained.pt, model.pt, or none")
     parser.add_argument("--data", help="prepared data set (default: the one the run was trained on)")
     parser.add_argument("--fraction", type=float, help="labelled train subset to fit on (default 0.01)")
@@ -93,6 +94,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run ``glcnet probe``; returns the exit status."""
     from glcnet.config import PretrainConfig
     from glcnet.finetune.probe import summary_line
     from glcnet.utils.atomic import write_json

@@ -13,8 +13,9 @@ viewer and ``np.asarray(PIL.Image.open(p))`` read it; the HTML report is built f
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -62,9 +63,11 @@ def class_map_png(classes: np.ndarray, colors: list[list[int]], path: Path) -> N
 
 
 def legend_handles(classes: Sequence[str], colors: list[list[int]], ignore: bool = True) -> list[Any]:
+    """Matplotlib legend patches of the class colours (and black = ignore)."""
     from matplotlib.patches import Patch
 
-    handles = [Patch(facecolor=np.asarray(c) / 255, edgecolor="0.4", label=n) for n, c in zip(classes, colors)]
+    handles = [Patch(facecolor=(c[0] / 255, c[1] / 255, c[2] / 255), edgecolor="0.4", label=n)
+               for n, c in zip(classes, colors)]
     if ignore:
         handles.append(Patch(facecolor="black", edgecolor="0.4", label="ignore / no label"))
     return handles
@@ -105,8 +108,8 @@ def confusion_png(cm: Sequence[Sequence[int]], classes: Sequence[str], path: Pat
     """Row-normalised confusion matrix (recall per true class) with pixel counts (Agg, no pyplot)."""
     from matplotlib.figure import Figure
 
-    cm = np.asarray(cm, dtype=np.float64)
-    rows = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    counts = np.asarray(cm, dtype=np.float64)
+    rows = counts / np.maximum(counts.sum(1, keepdims=True), 1)
     k = len(classes)
     fig = Figure(figsize=(1.2 + 0.75 * k, 1.0 + 0.7 * k), dpi=110, layout="constrained")
     ax = fig.add_subplot()
@@ -118,8 +121,8 @@ def confusion_png(cm: Sequence[Sequence[int]], classes: Sequence[str], path: Pat
     ax.set_title(title or "confusion (rows normalised; counts)")
     for i in range(k):
         for j in range(k):
-            if cm[i, j]:
-                ax.text(j, i, f"{rows[i, j]:.2f}\n{int(cm[i, j])}", ha="center", va="center", fontsize=7,
+            if counts[i, j]:
+                ax.text(j, i, f"{rows[i, j]:.2f}\n{int(counts[i, j])}", ha="center", va="center", fontsize=7,
                         color="white" if rows[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, shrink=0.8)
     fig.savefig(path)

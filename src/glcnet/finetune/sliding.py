@@ -26,7 +26,7 @@ yielded, so memory grows with the scene width, never with its height.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -41,7 +41,8 @@ BLENDS = ("gaussian", "linear", "mean")
 
 def count_windows(height: int, width: int, window: int, stride: int) -> int:
     """Number of windows :func:`iter_sliding` runs over a ``height x width`` scene (for progress bars)."""
-    return len(window_starts(max(height, window), window, stride)) * len(window_starts(max(width, window), window, stride))
+    rows, cols = window_starts(max(height, window), window, stride), window_starts(max(width, window), window, stride)
+    return len(rows) * len(cols)
 
 
 def blend_weights(window: int, kind: str = "gaussian") -> torch.Tensor:
@@ -110,7 +111,8 @@ def iter_sliding(read_rows: ReadRows, height: int, width: int, model_fn: ModelFn
     read = _padded(read_rows, height, width, window)
     hp, wp = max(height, window), max(width, window)
     ys, xs = window_starts(hp, window, stride), window_starts(wp, window, stride)
-    acc = wsum = None  # [K, w, Wp], [w, Wp]: rows ys[i] .. ys[i] + w
+    acc: torch.Tensor | None = None  # [K, w, Wp]: rows ys[i] .. ys[i] + w
+    wsum: torch.Tensor | None = None  # [w, Wp]
     for i, y in enumerate(ys):
         band = _tensor(read(y, y + window), device)  # [C, w, Wp]
         if band.shape[-2:] != (window, wp):
@@ -119,7 +121,7 @@ def iter_sliding(read_rows: ReadRows, height: int, width: int, model_fn: ModelFn
         for j in range(0, len(xs), batch_size):
             bx = xs[j : j + batch_size]
             p = _probs(model_fn, torch.stack([band[:, :, x : x + window] for x in bx]), tta)  # [B, K, w, w]
-            if acc is None:
+            if acc is None or wsum is None:
                 acc = torch.zeros(p.shape[1], window, wp, device=device)
                 wsum = torch.zeros(window, wp, device=device)
             for x, pk in zip(bx, p):
@@ -127,6 +129,7 @@ def iter_sliding(read_rows: ReadRows, height: int, width: int, model_fn: ModelFn
                 wsum[:, x : x + window] += weight
             if on_windows is not None:
                 on_windows(len(bx))
+        assert acc is not None and wsum is not None  # every band has windows
         done = (ys[i + 1] - y) if i + 1 < len(ys) else window  # rows no later window touches
         rows = min(done, height - y)
         if rows > 0:
@@ -155,5 +158,6 @@ def sliding_classes(model_fn: ModelFn, image: torch.Tensor | np.ndarray, **kw) -
         if out is None:
             out = torch.empty(h, w, dtype=torch.int64, device=p.device)
         out[y0 : y0 + p.shape[1]] = p.argmax(0)
+    assert out is not None  # the bands cover every row
     return out
 

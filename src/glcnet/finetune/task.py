@@ -17,6 +17,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from glcnet.config import EvalConfig, OptimConfig
@@ -29,6 +30,10 @@ MONITOR = "val_miou"
 
 
 class SegmentationTask(L.LightningModule):
+    """Fine-tuning of ``net`` (module doc): cross entropy, whole-scene validation, frozen parts."""
+
+    class_weights: torch.Tensor | None  # [K] buffer
+
     def __init__(self, net: DeepLab, optim: OptimConfig, eval_cfg: EvalConfig, ignore_index: int = 255,
                  class_weights: torch.Tensor | None = None, frozen: tuple[str, ...] = ()):
         super().__init__()
@@ -64,7 +69,7 @@ class SegmentationTask(L.LightningModule):
         for key in ("miou", "kappa", "oa", "mean_f1"):
             self.log(f"val_{key}", float(m[key]), prog_bar=key in ("miou", "kappa"), sync_dist=False)
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         return configure_optim(self.net.parameters(), self.optim)
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, RandomSampler
 
 from glcnet.config import FinetuneConfig, add_config_args, config_from_args
@@ -124,16 +125,17 @@ def run(cfg: FinetuneConfig, resume: bool = False) -> Path:
     trainer.fit(task, loader, val_loader, ckpt_path=last if resume else None)
     best = out / "checkpoints" / "best.ckpt"
     if trainer.is_global_zero:
-        meta = dict(model_cfg=cfg.model, bands=ds.bands, value_range=ds.value_range, classes=ds.classes,
+        meta: dict[str, Any] = dict(model_cfg=cfg.model, bands=ds.bands, value_range=ds.value_range, classes=ds.classes,
                     colors=ds.colors or [[0, 0, 0]] * ds.num_classes, ignore_index=ds.ignore_index)
         extra = dict(data=str(cfg.data), init=report["init"], method=report.get("method"), fraction=cfg.fraction)
         step = trainer.global_step
         last_epoch = max(0, step - 1) // max(1, int(trainer.num_training_batches))  # 0-based, last epoch run
         torch_save(model_checkpoint(net.cpu(), **meta, epoch=last_epoch, step=step, **extra), out / "model_last.pt")
         if best.is_file():
-            score = next((c.best_model_score for c in trainer.checkpoint_callbacks if c.monitor == MONITOR), None)
+            score = next((c.best_model_score for c in trainer.checkpoint_callbacks
+                          if isinstance(c, ModelCheckpoint) and c.monitor == MONITOR), None)
             epoch = _load_net(best, net)
-            selection = dict(selected_on=MONITOR, best_score=None if score is None else float(score))
+            selection: dict[str, Any] = dict(selected_on=MONITOR, best_score=None if score is None else float(score))
         else:  # trainer.max_steps stopped training before the first validation (smoke runs)
             log.warning(f"warning: no validation pass ran before trainer.max_steps={cfg.trainer.max_steps}; "
                         "model.pt holds the last weights")
@@ -146,6 +148,7 @@ def run(cfg: FinetuneConfig, resume: bool = False) -> Path:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``glcnet finetune``."""
     add_config_args(parser, "finetune_cpu, finetune_paper")
     parser.add_argument("--init", help="pretrained.pt, a pretraining run folder, or none (random init)")
     parser.add_argument("--fraction", type=float, help="labelled subset chosen by prepare: 0.01 0.05 0.1 0.2 1.0")
@@ -155,6 +158,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run ``glcnet finetune``; returns the exit status."""
     cfg = config_from_args(FinetuneConfig, args, {k: k for k in ("data", "out", "init", "fraction", "load", "freeze")})
     path = run(cfg, resume=args.resume)
     print(f"fine-tuned model (best {MONITOR} on the val scenes): {path}")

@@ -11,8 +11,9 @@ errors: such a checkpoint is of another architecture. The head is never loaded.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -42,7 +43,8 @@ def _check_arch(path: Path, ckpt: dict[str, Any], model_cfg: ModelConfig, in_cha
             raise GlcnetError(f"{path}: checkpoint has model.{key}={saved[key]!r} but the config asks for "
                               f"{getattr(model_cfg, key)!r} (set model.{key}={saved[key]})")
     if ckpt.get("in_channels") not in (None, in_channels):
-        raise GlcnetError(f"{path}: checkpoint was trained on {ckpt['in_channels']} bands but the data has {in_channels}")
+        raise GlcnetError(f"{path}: checkpoint was trained on {ckpt['in_channels']} bands "
+                          f"but the data has {in_channels}")
 
 
 def load_pretrained(model: DeepLab, init: str, part: str, model_cfg: ModelConfig) -> dict[str, Any]:

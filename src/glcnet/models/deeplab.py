@@ -18,7 +18,7 @@ State-dict keys: ``encoder.*`` (backbone), ``decoder.aspp.*`` (ASPP),
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import segmentation_models_pytorch as smp
 import torch
@@ -37,6 +37,9 @@ PARTS: dict[str, tuple[str, ...]] = {
 
 class DeepLab(nn.Module):
     """DeepLabv3+ from scratch (``encoder_weights=None``), any band count, OS 8 or 16."""
+
+    mean: torch.Tensor  # [1, C, 1, 1] buffers: normalisation of the scaled input
+    std: torch.Tensor
 
     def __init__(
         self,

@@ -73,6 +73,7 @@ def find_checkpoint(run: str | Path) -> Path:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A glcnet ``pretrained.pt`` or ``model.pt`` with the keys an export needs (one-line errors)."""
     from glcnet.engine import load_torch
 
     ckpt = load_torch(path, "checkpoint")
@@ -109,7 +110,7 @@ def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tenso
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def _smp_model(ckpt: dict[str, Any]) -> torch.nn.Module:
+def _smp_model(ckpt: dict[str, Any]) -> Any:  # smp.DeepLabV3Plus
     import segmentation_models_pytorch as smp
 
     return smp.DeepLabV3Plus(**{"classes": 1, **smp_kwargs(ckpt)})
@@ -181,6 +182,7 @@ def build(ckpt: dict[str, Any], fmt: str, part: str | None) -> tuple[dict[str, A
 
 
 def sidecar(ckpt: dict[str, Any], source: Path, fmt: str, desc: dict[str, Any], n_tensors: int) -> dict[str, Any]:
+    """The ``FILE.json`` written beside an export: format, bands, scaling, normalisation, method."""
     from glcnet import __version__
     from glcnet.runs import git_commit
 
@@ -221,15 +223,18 @@ def export(run: str | Path, fmt: str, out: str | Path, part: str | None = None,
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``glcnet export``."""
     parser.add_argument("run", metavar="RUN", help="run folder (pretraining or fine-tuning) or its .pt file")
     parser.add_argument("--format", required=True, choices=FORMATS, help="library that will load the weights")
     parser.add_argument("--out", required=True, metavar="FILE", help="weights file (FILE.json is written beside it)")
     parser.add_argument("--part", choices=list(EXPORT_PARTS),
-                        help="smp only: encoder | encoder+aspp (pretraining default) | all | model (fine-tuned default)")
+                        help="smp only: encoder | encoder+aspp (pretraining default) | all "
+                             "| model (fine-tuned default)")
     parser.add_argument("--overwrite", action="store_true", help="replace FILE and FILE.json if they exist")
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run ``glcnet export``; returns the exit status."""
     out, meta = export(args.run, args.format, args.out, part=args.part, overwrite=args.overwrite)
     usage = json.loads(meta.read_text())["usage"].replace("FILE", repr(str(out)))
     print(f"{out}\n{meta}\nload it: meta = json.load(open({str(meta)!r})); {usage}")

@@ -17,7 +17,7 @@ None of them is exported to ``pretrained.pt`` (fine-tuning loads the DeepLab sta
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -11,7 +11,8 @@ get no gradient) needs ``DDPStrategy(find_unused_parameters=True)``.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from glcnet.config import PretrainConfig, replace
 from glcnet.errors import GlcnetError

@@ -26,6 +26,8 @@ from glcnet.utils.dist import Gather, no_gather
 
 
 class GLCNet(SSLMethod):
+    """GLCNet: global style contrast + local matching contrast (module doc)."""
+
     name = "glcnet"
     find_unused_parameters = False  # set per instance below
 

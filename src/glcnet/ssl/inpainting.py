@@ -33,6 +33,8 @@ def block_mask(batch: int, size: int, block: int, ratio: float, device: torch.de
 
 
 class Inpainting(SSLMethod):
+    """Context-encoder inpainting of masked blocks of view 1 (module doc)."""
+
     name = "inpainting"
     find_unused_parameters = False
 

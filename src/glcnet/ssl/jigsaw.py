@@ -52,7 +52,10 @@ def max_hamming_permutations(count: int, n: int, seed: int = 0) -> np.ndarray:
 
 
 class Jigsaw(SSLMethod):
+    """Jigsaw puzzle of view 1's tiles (module doc)."""
+
     name = "jigsaw"
+    perms: torch.Tensor  # [P, g*g] buffer
     find_unused_parameters = True  # decoder blocks get no gradient
 
     def build(self, m: MethodConfig) -> None:

@@ -26,7 +26,11 @@ from glcnet.utils.dist import Gather, no_gather
 
 
 class MoCoV2(SSLMethod):
+    """MoCo v2: query from view 1, momentum key from view 2, queue of negatives (module doc)."""
+
     name = "mocov2"
+    queue: torch.Tensor  # [K, d] buffer of past keys
+    queue_ptr: torch.Tensor  # [] buffer: the oldest row
     find_unused_parameters = True  # decoder blocks get no gradient
 
     def build(self, m: MethodConfig) -> None:

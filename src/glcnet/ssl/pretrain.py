@@ -3,7 +3,8 @@
 The loader only reads raw tiles (memory-mapped windows, cheap); the two augmented views
 and their patch correspondence are made *on the training device*, batched, inside the
 method's ``forward`` (or, with ``views.in_loader=true``, in the DataLoader workers by
-:class:`~glcnet.transforms.ViewCollate`, and the step receives :class:`~glcnet.transforms.Views`). Writes into the run directory:
+:class:`~glcnet.transforms.ViewCollate`, and the step receives :class:`~glcnet.transforms.Views`).
+Writes into the run directory:
 
     config.yaml, run.json, metrics.jsonl, logs/   (see glcnet.runs)
     checkpoints/last.ckpt                         full state for --resume
@@ -14,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ThroughputMonitor
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch.utils.data import DataLoader
 
 from glcnet.config import PretrainConfig, add_config_args, config_from_args, to_dict
@@ -66,7 +69,8 @@ class PretrainTask(L.LightningModule):
         """
         if self.trainer.world_size <= 1:
             return x
-        return self.all_gather(x, sync_grads=True).flatten(0, 1)  # [W, n, ...] -> [W * n, ...]
+        gathered = cast(torch.Tensor, self.all_gather(x, sync_grads=True))  # [W, n, ...]
+        return gathered.flatten(0, 1)  # [W * n, ...]
 
     def training_step(self, batch: dict[str, torch.Tensor] | Views, batch_idx: int) -> torch.Tensor:
         if isinstance(batch, Views):  # views.in_loader: made by the DataLoader workers
@@ -88,7 +92,7 @@ class PretrainTask(L.LightningModule):
         if rate is not None:
             self.log("samples/s", float(rate), prog_bar=True, logger=False)
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         return configure_optim(self.method.parameters(), self.cfg.optim)
 
     def on_train_epoch_end(self) -> None:
@@ -182,8 +186,8 @@ def run(cfg: PretrainConfig, resume: bool = False) -> Path:
                             callbacks=[throughput_monitor(cfg), *_probe_callbacks(cfg, ds)],
                             label=f"pretrain {cfg.method.name}")
     t0 = time.monotonic()
-    log.info("pretrain %s: %d tiles, %d epochs%s -> %s", cfg.method.name, len(loader.dataset), cfg.optim.epochs,
-             " (resumed)" if resume else "", out)
+    log.info("pretrain %s: %d tiles, %d epochs%s -> %s", cfg.method.name, len(cast(Sized, loader.dataset)),
+             cfg.optim.epochs, " (resumed)" if resume else "", out)
     trainer.fit(task, loader, ckpt_path=last if resume else None)
     path = task.export(epochs_done=trainer.current_epoch)  # also covers a max_steps stop mid-epoch
     loss = trainer.callback_metrics.get("train/loss_epoch", trainer.callback_metrics.get("train/loss"))
@@ -193,12 +197,14 @@ def run(cfg: PretrainConfig, resume: bool = False) -> Path:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``glcnet pretrain``."""
     add_config_args(parser, "pretrain_cpu, pretrain_paper")
     parser.add_argument("--method", help="glcnet, glcnet_no_style, glcnet_no_global, glcnet_no_local, "
                         "simclr, mocov2, inpainting, jigsaw")
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run ``glcnet pretrain``; returns the exit status."""
     cfg = config_from_args(PretrainConfig, args, {"data": "data", "out": "out", "method": "method.name"})
     path = run(cfg, resume=args.resume)
     print(f"pretrained weights: {path}")

@@ -17,6 +17,8 @@ from glcnet.utils.dist import Gather, no_gather
 
 
 class SimCLR(SSLMethod):
+    """SimCLR: NT-Xent of the pooled ASPP maps of the two views (module doc)."""
+
     name = "simclr"
     find_unused_parameters = True  # decoder blocks get no gradient
 

@@ -24,8 +24,9 @@ axis-aligned boxes.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -45,8 +46,8 @@ class Views:
     size: int  # s
 
     def _apply(self, fn: Callable[[Tensor], Tensor]) -> Views:
-        return Views(**{f.name: fn(getattr(self, f.name)) if f.name != "size" else self.size
-                        for f in fields(self)})
+        moved: dict[str, Any] = {f.name: fn(getattr(self, f.name)) for f in fields(self) if f.name != "size"}
+        return Views(**moved, size=self.size)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Views:
         """The same views on ``device`` (Lightning moves a batch with this)."""

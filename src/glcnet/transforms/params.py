@@ -11,7 +11,8 @@ the CPU, per sample).
 
 from __future__ import annotations
 
-from typing import Callable, TypedDict
+from collections.abc import Callable
+from typing import TypedDict
 
 import torch
 from torch import Tensor

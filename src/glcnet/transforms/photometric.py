@@ -43,10 +43,11 @@ def color_matrices(channels: int, rgb: tuple[int, int, int] | None, jitter: Tens
                            torch.stack([zero, sin, cos], -1)], -2)  # [B, 3, 3]
         hs = torch.linalg.inv(t) @ rot @ torch.diag_embed(torch.stack([one, sat.double(), sat.double()], -1)) @ t
         chroma = eye.clone()
-        chroma[:, idx[:, None], idx[None, :]] = torch.where(jitter[:, None, None], hs, torch.eye(3, dtype=torch.float64))
+        eye3 = torch.eye(3, dtype=torch.float64)
+        chroma[:, idx[:, None], idx[None, :]] = torch.where(jitter[:, None, None], hs, eye3)
         g = eye.clone()
         g[:, idx[:, None], idx[None, :]] = torch.where(
-            gray[:, None, None], torch.tensor(LUMA, dtype=torch.float64).expand(3, 3), torch.eye(3, dtype=torch.float64))
+            gray[:, None, None], torch.tensor(LUMA, dtype=torch.float64).expand(3, 3), eye3)
         a, k = g @ chroma @ a, g @ chroma @ k
     return a.float(), k.float()
 

@@ -72,10 +72,10 @@ def render_uint8(images: Tensor, params: ViewParams, size: int) -> tuple[Tensor,
     ``params`` as drawn by :func:`~glcnet.transforms.params.draw_params` (integer crop boxes).
     """
     b, c = images.shape[:2]
-    boxes = torch.cat([params["box1"], params["box2"]], 1)
-    if not torch.equal(boxes, boxes.round()):
+    both = torch.cat([params["box1"], params["box2"]], 1)  # [B, 8]
+    if not torch.equal(both, both.round()):
         raise GlcnetError("views: the uint8 path needs integer crop boxes")
-    boxes = boxes.long().tolist()
+    boxes = both.long().tolist()
     groups = band_groups(images)  # [B, G, H, W, c']
     cg = groups.shape[-1]
     n_pad = groups.shape[1] * cg  # G c' bands, zero-padded
@@ -106,6 +106,7 @@ def render_uint8(images: Tensor, params: ViewParams, size: int) -> tuple[Tensor,
         if n_pad == 4:  # [4, s s]: the transpose of the row-major pixels, free
             planes = v2.permute(2, 3, 0, 1).reshape(size * size, 4).float().T
         else:  # planar copy first: MKL multiplies by the transpose of a [s s, 3] pixel matrix 3.5x slower
+            assert planar is not None
             planes = planar.copy_(v2).view(n_pad, size * size)
         if color[i]:
             bias = k2[i] @ _band_sums(planes)[:c] / (size * size)  # K m / 255, [C]

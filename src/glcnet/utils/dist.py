@@ -13,7 +13,7 @@ valid ones, so no hand-written gather of uneven sizes is needed.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
