@@ -129,7 +129,7 @@ class EpochBar(TQDMProgressBar):
         self.train_progress_bar.set_description(f"{self.label} epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
-        """The latest step values under short names (``loss``, ``samples_per_s``, ``val_miou``)."""
+        """The latest step values under short names (``loss``, ``samples/s``, ``val_miou``)."""
         items = super().get_metrics(trainer, pl_module)
         return {k.removeprefix("train/").removesuffix("_step"): v for k, v in items.items()
                 if k != "v_num" and not k.endswith("_epoch")}
