@@ -273,16 +273,46 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return plain(asdict(cfg))
 
 
+def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def split_top(text: str, sep: str = ",") -> list[str]:
+    """Split at ``sep`` outside brackets: ``"a,b[x=1,y=2]"`` -> ``["a", "b[x=1,y=2]"]``."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += (ch == "[") - (ch == "]")
+        if ch == sep and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [p.strip() for p in parts + [cur] if p.strip()]
+
+
+def _parse_value(raw: str) -> Any:
+    """An override's value as YAML; a bracketed list that YAML cannot read (``[glcnet,glcnet[method.lam=0.25]]``,
+    the experiment's method entries) is split at its top-level commas."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        text = raw.strip()
+        if text.startswith("[") and text.endswith("]"):
+            return [p if "[" in p and not p.startswith("[") else _parse_value(p) for p in split_top(text[1:-1])]
+        return raw
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``a.b.c=value`` strings (value parsed as YAML) to a nested dict, in place."""
     for ov in overrides:
         if "=" not in ov:
             raise GlcnetError(f"override {ov!r}: expected key=value (e.g. optim.lr=0.001)")
         key, raw = ov.split("=", 1)
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            value = raw
+        value = _parse_value(raw)
         node = data
         parts = key.strip().split(".")
         for p in parts[:-1]:
@@ -327,7 +357,62 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     path = resolve_config(path) if path else None
     data = read_yaml(path) if path else {}
     apply_overrides(data, overrides or [])
-    return from_dict(cls, data, str(path) if path else "config")
+    cfg = from_dict(cls, data, str(path) if path else "config")
+    check_values(cfg)
+    return cfg
+
+
+# Allowed values by field name (in any section; "Class.field" where one class differs):
+# (low, high, low included, high included).
+# One table, checked for every config a command loads (check_values), so that a zero batch
+# size or a negative learning rate is one line naming the key, not a traceback from torch.
+_POS, _NONNEG, _UNIT, _PROB = (0, None, False, True), (0, None, True, True), (0, 1, False, True), (0, 1, True, True)
+RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    **dict.fromkeys(("lr", "epochs", "batch_size", "size", "proj_dim", "patch_num", "patch_size", "queue_size",
+                     "temperature", "moco_temperature", "mask_block", "jigsaw_grid", "jigsaw_permutations", "window",
+                     "stride", "crop", "val_every", "log_every", "checkpoint_every", "num_nodes", "aspp_channels",
+                     "output_stride", "gamma", "limit_batches", "ratio"), _POS),
+    **dict.fromkeys(("weight_decay", "min_lr", "warmup_epochs", "num_workers", "early_stop", "in_channels",
+                     "blur_sigma", "brightness", "contrast", "saturation", "cpu_chunk"), _NONNEG),
+    **dict.fromkeys(("fraction", "scale", "mask_ratio"), _UNIT),
+    **dict.fromkeys(("p_flip", "p_rot", "p_jitter", "p_gray", "p_blur", "lam", "momentum", "betas", "hue"), _PROB),
+    **dict.fromkeys(("pixels", "max_iter"), _POS),
+    "l2": _NONNEG,
+    "ProbeConfig.window": _NONNEG,  # 0: the prepared tile size
+}
+
+
+def _in_range(v: float, rule: tuple[float | None, float | None, bool, bool]) -> bool:
+    lo, hi, lo_in, hi_in = rule
+    return ((lo is None or (v >= lo if lo_in else v > lo)) and (hi is None or (v <= hi if hi_in else v < hi))
+            and v == v)  # NaN is never in range
+
+
+def _describe(rule: tuple[float | None, float | None, bool, bool]) -> str:
+    lo, hi, lo_in, hi_in = rule
+    if hi is None:
+        return f"{'>=' if lo_in else '>'} {lo}"
+    return f"in {'[' if lo_in else '('}{lo}, {hi}{']' if hi_in else ')'}"
+
+
+def check_values(cfg: Any, where: str = "", flag: bool = False) -> None:
+    """Raise a one-line error for the first number of ``cfg`` outside :data:`RANGES`
+    (``flag``: name it as a command-line option, ``--batch-size``)."""
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        key = f"{where}{f.name}"
+        if is_dataclass(v):
+            check_values(v, f"{key}.", flag)
+            continue
+        rule = RANGES.get(f"{type(cfg).__name__}.{f.name}", RANGES.get(f.name))
+        if rule is None:
+            if f.name == "max_steps" and (v == 0 or v < -1):
+                raise GlcnetError(f"{key}: must be -1 (no limit) or > 0, got {v}")
+            continue
+        for x in (v if isinstance(v, (list, tuple)) else [v]):
+            if isinstance(x, (int, float)) and not isinstance(x, bool) and not _in_range(x, rule):
+                name = "--" + key.replace("_", "-") if flag else key
+                raise GlcnetError(f"{name}: must be {_describe(rule)}, got {v!r}")
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
@@ -345,12 +430,13 @@ def replace(cfg: T, **changes: Any) -> T:
 def add_config_args(parser: argparse.ArgumentParser, packaged: str, *, run_dir: bool = True,
                     example: str = "optim.epochs=5") -> None:
     """The config arguments of a command: ``--config``, positional ``KEY=VALUE`` overrides and,
-    for a command with a run directory, ``--data``, ``--out`` and ``--resume``."""
+    for a command with a run directory, ``--data``, ``--out``, ``--resume`` and ``--overwrite``."""
     parser.add_argument("--config", help=f"YAML config or packaged config name ({packaged})")
     if run_dir:
         parser.add_argument("--data", help="prepared data set folder (overrides data:)")
         parser.add_argument("--out", help="run directory (overrides out:)")
         parser.add_argument("--resume", action="store_true", help="continue a killed run from checkpoints/last.ckpt")
+        parser.add_argument("--overwrite", action="store_true", help="replace a run of the same command in --out")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=f"config overrides, e.g. {example}")
 
 

@@ -26,7 +26,10 @@ identity and every setting that differs from the defaults: seed, model, method, 
 not output paths or logging options), so
 rerunning an unchanged config skips finished work and a changed one runs anew. A killed
 pretraining or fine-tuning resumes from its ``checkpoints/last.ckpt``. A failing cell
-writes its traceback to ``error.txt``, is shown as failed, and the grid goes on.
+writes its traceback to ``error.txt``, is shown as failed, and the grid goes on; the
+command then exits with status 1. ``OUT`` is the experiment's own folder
+(:mod:`glcnet.outputs`, kind ``experiment``): rerunning into it continues it, and while it
+runs no second process may write it.
 
 With ``probe: true`` (default) every cell also probes the frozen features of the network
 its fine-tuning starts from (the pretrained weights, or the seeded random init of
@@ -50,16 +53,9 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from glcnet.config import (
-    ExperimentConfig,
-    FinetuneConfig,
-    PretrainConfig,
-    add_config_args,
-    apply_overrides,
-    config_from_args,
-    from_dict,
-    to_dict,
-)
+from glcnet import outputs
+from glcnet.config import (ExperimentConfig, FinetuneConfig, PretrainConfig, add_config_args, apply_overrides,
+                           check_values, config_from_args, flat, from_dict, split_top, to_dict)
 from glcnet.errors import GlcnetError
 from glcnet.experiment.curves import plot_probe_curves
 from glcnet.experiment.table import CellResult, frac_label, label, split_spec, write_tables
@@ -77,14 +73,6 @@ def short_hash(obj: Any) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def _hashable(cfg: Any) -> dict[str, Any]:
     """The settings of ``cfg`` that differ from its defaults, as ``{"a.b": value}``.
 
@@ -92,8 +80,8 @@ def _hashable(cfg: Any) -> dict[str, Any]:
     default that keeps the old behaviour) does not invalidate finished cells. Left out:
     ``_NO_EFFECT`` and ``data`` (identified by content, see :func:`data_id`).
     """
-    default = _flat(to_dict(type(cfg)()))
-    return {k: v for k, v in _flat(to_dict(cfg)).items()
+    default = flat(to_dict(type(cfg)()))
+    return {k: v for k, v in flat(to_dict(cfg)).items()
             if k not in _NO_EFFECT and k != "data" and not k.startswith("probe.")
             and (k not in default or default[k] != v)}
 
@@ -113,15 +101,7 @@ def parse_method(spec: str) -> tuple[str, list[str]]:
     name, inner = split_spec(spec.strip())
     if not re.fullmatch(r"[A-Za-z0-9_]+", name) or ("[" in spec and not spec.strip().endswith("]")):
         raise GlcnetError(f"experiment: method entry {spec!r}: expected NAME or NAME[key=value,...]")
-    parts, depth, cur = [], 0, ""
-    for ch in inner:
-        depth += (ch == "[") - (ch == "]")
-        if ch == "," and depth == 0:
-            parts.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    parts = [p.strip() for p in parts + [cur] if p.strip()]
+    parts = split_top(inner)
     bad = [p for p in parts if "=" not in p]
     if bad:
         raise GlcnetError(f"experiment: method entry {spec!r}: {bad[0]!r} is not key=value")
@@ -149,6 +129,7 @@ def pretrain_config(cfg: ExperimentConfig, method: str, seed: int) -> PretrainCo
     if overrides:
         data = apply_overrides(to_dict(cfg.pretrain), overrides)
         pc = from_dict(PretrainConfig, data, f"experiment: method entry {method!r}: pretrain")
+        check_values(pc, "pretrain.")
     else:
         pc = copy.deepcopy(cfg.pretrain)
     pc.data, pc.seed, pc.method.name = cfg.data, seed, name
@@ -350,7 +331,13 @@ class Grid:
         Before each cell that has work to do: ``cell i/N: ... (elapsed, ETA)``, the ETA from
         the mean time of the cells run so far (finished cells skipped in this run cost nothing).
         """
-        run_dir = RunDir.create(self.out, self.cfg, self.cfg.seeds[0], extra={"task": "experiment", "data_id": self.data})
+        with outputs.run_folder(self.out, "experiment", resume=True, inputs=[self.cfg.data],
+                                keep=lambda p: (p / "cells").exists() or (p / "pretrain").exists()):
+            return self._run(title, note)
+
+    def _run(self, title: str, note: str) -> dict[str, Path]:
+        run_dir = RunDir.create(self.out, self.cfg, self.cfg.seeds[0],
+                                extra={"task": "experiment", "data_id": self.data})
         todo = self.cells()
         eta = Eta(len(todo))
         for i, (m, f, s) in enumerate(todo, 1):
@@ -397,7 +384,8 @@ def run(cfg: ExperimentConfig, only_table: bool = False, title: str = "", note: 
     grid = Grid(cfg, log)
     _check(cfg)
     if only_table:
-        return grid.tables(title, note)
+        with outputs.run_folder(grid.out, "experiment", resume=True, inputs=[cfg.data]):
+            return grid.tables(title, note)
     return grid.run(title, note)
 
 
@@ -408,9 +396,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="rebuild the tables, plot and report.html from finished cells; run nothing")
 
 
+def failed_cells(cfg: ExperimentConfig) -> list[CellResult]:
+    """The cells of ``cfg`` whose last run failed (they have an ``error.txt``)."""
+    return [r for r in Grid(cfg, log=lambda m: None).results() if r.status == "failed"]
+
+
+def exit_status(cfg: ExperimentConfig) -> int:
+    """0 when no cell failed, else 1 with one line saying which (their error.txt has the traceback)."""
+    failed = failed_cells(cfg)
+    if failed:
+        _log.error(f"error: {len(failed)} cell(s) failed, e.g. {Path(cfg.out) / failed[0].path}/error.txt: "
+                   f"{failed[0].error}")
+    return 1 if failed else 0
+
+
 def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(ExperimentConfig, args, {})
     paths = run(cfg, only_table=args.only_table)
     print(paths["md"].read_text())
     print(f"report: {paths['html']}  (also results.md, results.csv, {paths['png'].name})")
-    return 0
+    return exit_status(cfg)
