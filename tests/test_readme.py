@@ -36,20 +36,21 @@ NOT_RUN = {
     "make test": "runs this test suite",
     "torchrun": "needs 4 GPUs; DDP's gathered loss is tested with gloo in test_ddp_gather.py",
 }
-NET = ["model.encoder=tu-mobilenetv3_small_050", "model.aspp_channels=16"]
+NET = ["model.encoder=resnet18", "model.aspp_channels=16"]  # a ResNet: the README exports it for timm
+GRID_NET = ["model.encoder=tu-mobilenetv3_small_050", "model.aspp_channels=16"]  # 0.3 M parameters, for the grids
 TRAIN = ["trainer.num_workers=0", "trainer.progress=false", "trainer.max_steps=1", "optim.epochs=1",
          "trainer.precision=32-true", "trainer.channels_last=false"]  # the GPU configs on a CPU
 TINY = {  # per command: overrides appended to the README's line (the scale, not the meaning)
-    "pretrain": [*NET, *TRAIN, "trainer.batch_size=2", "views.size=48", "method.patch_size=8",
+    "pretrain": [*NET, *TRAIN, "probe.every=0", "trainer.batch_size=2", "views.size=48", "method.patch_size=8",
                  "method.jigsaw_permutations=4"],
     "finetune": [*NET, *TRAIN, "trainer.batch_size=2", "crop=64", "val_every=1", "eval.window=64", "eval.stride=64"],
     "evaluate": ["--window", "64", "--stride", "64"],
     "predict": ["--window", "64", "--stride", "64", "--no-progress"],
-    "experiment": [f"{s}.{o}" for s in ("pretrain", "finetune") for o in (*NET, *TRAIN)]
+    "experiment": [f"{s}.{o}" for s in ("pretrain", "finetune") for o in (*GRID_NET, *TRAIN)]
     + ["pretrain.views.size=48", "pretrain.method.patch_size=8", "pretrain.trainer.batch_size=2",
        "pretrain.method.jigsaw_permutations=4", "pretrain.trainer.limit_batches=1.0", "finetune.crop=64",
        "finetune.trainer.batch_size=2", "finetune.val_every=1", "finetune.eval.window=64",
-       "finetune.eval.stride=64", "seeds=[0]", "fractions=[1.0]"],
+       "finetune.eval.stride=64", "seeds=[0]", "fractions=[1.0]", "probe=false"],  # probes: test_probe.py
 }
 TINY["demo"] = TINY["experiment"]
 ISPRS = [(255, 255, 255), (0, 0, 255), (0, 255, 255), (0, 255, 0), (255, 255, 0), (255, 0, 0)]
