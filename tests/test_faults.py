@@ -215,6 +215,15 @@ def test_json_outputs_never_replace_a_foreign_file(w, capsys, tmp_path, command)
     refused(capsys, args, notes, "not written by glcnet", watch=[tmp_path, *world(w)])
 
 
+def test_export_never_replaces_an_input_or_a_foreign_file(w, capsys, tmp_path):
+    refused(capsys, ["export", w.ft, "--format", "smp", "--out", w.model, "--overwrite"], w.model, "is the input",
+            watch=world(w))
+    mine = tmp_path / "weights.pt"
+    mine.write_bytes(b"my own weights")
+    refused(capsys, ["export", w.ft, "--format", "smp", "--out", mine, "--overwrite"], mine, "not written by glcnet",
+            watch=[tmp_path, *world(w)])
+
+
 def test_out_that_is_a_file_is_refused(w, capsys, tmp_path):
     f = tmp_path / "run"
     f.write_text("not a folder")
