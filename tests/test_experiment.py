@@ -209,7 +209,11 @@ def test_failed_cell_is_isolated_and_retried(fake, cfg):
 
 
 def test_killed_runs_resume_and_stale_folders_are_cleared(fake, cfg):
+    from glcnet import outputs
+    from glcnet.utils.atomic import write_json
+
     g = grid.Grid(cfg, log=lambda s: None)
+    write_json(g.out / outputs.MARKER, outputs.marker("experiment"))  # the folder of a killed experiment
     killed = g.pretrain_dir("simclr", 0)
     (killed / "checkpoints").mkdir(parents=True)
     (killed / "checkpoints" / "last.ckpt").write_text("state")

@@ -73,7 +73,7 @@ def test_evaluate_on_test_scenes(pipeline, capsys):
     assert m["pixels"] == int((mask != 255).sum()) == int(np.sum(m["confusion"]))
     assert 0 <= m["oa"] <= 1 and set(m["per_class"]) == set(json.loads((pipeline["prep"] / "dataset.json").read_text())["classes"])
     scene = splits["test"][0]
-    assert sorted(f.name for f in out.iterdir()) == sorted(["metrics.json", "metrics.md", "confusion.png",
+    assert sorted(f.name for f in out.iterdir()) == sorted([".glcnet.json", "metrics.json", "metrics.md", "confusion.png",
                                                             f"{scene}.png", "pred", "report.html"])
     assert "| OA | Kappa | mIoU | mean F1 |" in (out / "metrics.md").read_text()
     assert Image.open(out / f"{scene}.png").size[0] > 3 * 1000  # image | truth | prediction, titles, legend

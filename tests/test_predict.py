@@ -126,7 +126,7 @@ def test_cli_predict_and_bad_inputs(tmp_path, model_pt, cli, capsys):
     cases = [
         ((model_pt, three), "three.tif: has 3 bands but the model expects 4"),
         ((model_pt, text), "notes.tif: cannot read raster"),
-        ((model_pt, corrupt), "corrupt.tif: cannot read rows"),
+        ((model_pt, corrupt), "corrupt.tif: cannot read raster data"),  # found by the checks, before any output
         ((tmp_path / "missing.pt", good), "missing.pt: model checkpoint not found"),
         ((pre, good), "no classification head"),
         ((model_pt, good, three), "three.tif: has 3 bands"),  # checked before the good one is written

@@ -84,7 +84,7 @@ def test_three_bands_and_bad_input(tmp_path):
         assert src.count == 3
     assert [p.name for p in sorted((out / "unlabeled").iterdir())] == ["scene_01.tif", "scene_02.tif"]
     assert [p.name for p in (out / "masks").iterdir()] == ["scene_00.png"]
-    with pytest.raises(GlcnetError, match="already exists"):
+    with pytest.raises(GlcnetError, match="already holds the output of an earlier glcnet synthetic"):
         generate_scenes(out, n_scenes=1, size=64)
     with pytest.raises(GlcnetError, match="bands must be 3 or 4"):
         generate_scenes(tmp_path / "b5", n_scenes=1, size=64, bands=5)

@@ -14,6 +14,7 @@ import importlib
 import sys
 
 from glcnet.errors import GlcnetError
+from glcnet.utils import signals
 from glcnet.utils.progress import log, setup_logging
 
 # name -> (module, one-line help)
@@ -48,26 +49,64 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run one subcommand; a :class:`GlcnetError` becomes ``error: ...`` and exit status 2."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+def parse(argv: list[str]) -> argparse.Namespace:
+    """Options and ``key=value`` overrides in any order (``--data D optim.lr=1e-3 --out O``)."""
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command if command in COMMANDS else None)
-    args = parser.parse_args(argv)
+    if command not in COMMANDS:
+        return parser.parse_args(argv)
+    i = argv.index(command)
+    parser.parse_args(argv[:i])  # --version / --help before the command
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    sub = subparsers.choices[command]
+    nested = any(a.nargs == argparse.PARSER for a in sub._actions)  # benchmark NAME ...: no intermixing
+    args = sub.parse_args(argv[i + 1:]) if nested else sub.parse_intermixed_args(argv[i + 1:])
+    args.command = command
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; exit status 0 done, 1 failed (a disk or system fault, a failed experiment
+    cell), 2 refused (bad input or setting, nothing written), 128 + N stopped by signal N."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse(argv)
     if args.command is None:
-        parser.print_help()
+        build_parser().print_help()
         return 2
     setup_logging()
     _quiet_libraries()
-    try:
-        module = importlib.import_module(COMMANDS[args.command][0])
-        return int(module.main(args) or 0)
-    except GlcnetError as e:
-        log.error("error: %s", e)
-        return 2
-    except KeyboardInterrupt:
-        log.error("interrupted")
-        return 130
+    with signals.handled():
+        try:
+            module = importlib.import_module(COMMANDS[args.command][0])
+            return int(module.main(args) or 0)
+        except GlcnetError as e:
+            log.error("error: %s", e)
+            return 2
+        except signals.Interrupted as e:
+            if not e.hint:
+                e.hint = _continue_hint(args.command, argv, e.resumable)
+            log.error("%s", e.message())
+            return e.exit_code
+        except OSError as e:  # full disk, I/O error, permission: the environment, not the input
+            where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+            log.error("error: %s%s", where, e.strerror or e)
+            return 1
+
+
+def _continue_hint(command: str, argv: list[str], saved: bool) -> str:
+    """How to carry on after an interruption, as a command line."""
+    import shlex
+
+    again = shlex.join(["glcnet", *argv])
+    if command in ("pretrain", "finetune"):
+        if "--resume" in argv:
+            return f"resume with: {again}"
+        return f"resume with: {again} --resume" if saved else "no checkpoint yet, so nothing was kept"
+    if command in ("experiment", "demo"):
+        return f"finished cells are kept; continue with: {again}"
+    if command == "predict":
+        return "maps finished before the signal are complete; no other file was written"
+    return "nothing was written"
 
 
 def _quiet_libraries() -> None:
@@ -77,6 +116,7 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -207,6 +207,14 @@ class ExperimentConfig:
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
+def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, with one-line errors naming the file."""
     path = Path(path)
@@ -236,9 +244,65 @@ def resolve_config(name: str | Path) -> Path:
 def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] | None = None) -> T:
     """Defaults <- YAML file or packaged config name (if any) <- ``key=value`` overrides, checked against ``cls``."""
     if not path:
-        return load(cls, {}, overrides or [])
-    path = resolve_config(path)
-    return load(cls, read_yaml(path), overrides or [], where=str(path))
+        cfg = load(cls, {}, overrides or [])
+    else:
+        path = resolve_config(path)
+        cfg = load(cls, read_yaml(path), overrides or [], where=str(path))
+    check_values(cfg)
+    return cfg
+
+
+# Allowed values by field name (in any section; "Class.field" where one class differs):
+# (low, high, low included, high included).
+# One table, checked for every config a command loads (check_values), so that a zero batch
+# size or a negative learning rate is one line naming the key, not a traceback from torch.
+_POS, _NONNEG, _UNIT, _PROB = (0, None, False, True), (0, None, True, True), (0, 1, False, True), (0, 1, True, True)
+RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    **dict.fromkeys(("lr", "epochs", "batch_size", "size", "proj_dim", "patch_num", "patch_size", "queue_size",
+                     "temperature", "moco_temperature", "mask_block", "jigsaw_grid", "jigsaw_permutations", "window",
+                     "stride", "crop", "val_every", "log_every", "checkpoint_every", "num_nodes", "aspp_channels",
+                     "output_stride", "gamma", "limit_batches", "ratio"), _POS),
+    **dict.fromkeys(("weight_decay", "min_lr", "warmup_epochs", "num_workers", "early_stop", "in_channels",
+                     "blur_sigma", "brightness", "contrast", "saturation", "cpu_chunk"), _NONNEG),
+    **dict.fromkeys(("fraction", "scale", "mask_ratio"), _UNIT),
+    **dict.fromkeys(("p_flip", "p_rot", "p_jitter", "p_gray", "p_blur", "lam", "momentum", "betas", "hue"), _PROB),
+    **dict.fromkeys(("pixels", "max_iter"), _POS),
+    "l2": _NONNEG,
+    "ProbeConfig.window": _NONNEG,  # 0: the prepared tile size
+}
+
+
+def _in_range(v: float, rule: tuple[float | None, float | None, bool, bool]) -> bool:
+    lo, hi, lo_in, hi_in = rule
+    return ((lo is None or (v >= lo if lo_in else v > lo)) and (hi is None or (v <= hi if hi_in else v < hi))
+            and v == v)  # NaN is never in range
+
+
+def _describe(rule: tuple[float | None, float | None, bool, bool]) -> str:
+    lo, hi, lo_in, hi_in = rule
+    if hi is None:
+        return f"{'>=' if lo_in else '>'} {lo}"
+    return f"in {'[' if lo_in else '('}{lo}, {hi}{']' if hi_in else ')'}"
+
+
+def check_values(cfg: Any, where: str = "", flag: bool = False) -> None:
+    """Raise a one-line error for the first number of ``cfg`` outside :data:`RANGES`
+    (``flag``: name it as a command-line option, ``--batch-size``)."""
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        key = f"{where}{f.name}"
+        if is_dataclass(v):
+            check_values(v, f"{key}.", flag)
+            continue
+        rule = RANGES.get(f"{type(cfg).__name__}.{f.name}", RANGES.get(f.name))
+        if rule is None:
+            if f.name == "max_steps" and (v == 0 or v < -1):
+                raise GlcnetError(f"{key}: must be -1 (no limit) or > 0, got {v}")
+            continue
+        for x in (v if isinstance(v, (list, tuple)) else [v]):
+            if isinstance(x, (int, float)) and not isinstance(x, bool) and not _in_range(x, rule):
+                name = "--" + key.replace("_", "-") if flag else key
+                raise GlcnetError(f"{name}: must be {_describe(rule)}, got {v!r}")
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
@@ -256,12 +320,13 @@ def replace(cfg: T, **changes: Any) -> T:
 def add_config_args(parser: argparse.ArgumentParser, packaged: str, *, run_dir: bool = True,
                     example: str = "optim.epochs=5") -> None:
     """The config arguments of a command: ``--config``, positional ``KEY=VALUE`` overrides and,
-    for a command with a run directory, ``--data``, ``--out`` and ``--resume``."""
+    for a command with a run directory, ``--data``, ``--out``, ``--resume`` and ``--overwrite``."""
     parser.add_argument("--config", help=f"YAML config or packaged config name ({packaged})")
     if run_dir:
         parser.add_argument("--data", help="prepared data set folder (overrides data:)")
         parser.add_argument("--out", help="run directory (overrides out:)")
         parser.add_argument("--resume", action="store_true", help="continue a killed run from checkpoints/last.ckpt")
+        parser.add_argument("--overwrite", action="store_true", help="replace a run of the same command in --out")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=f"config overrides, e.g. {example}")
 
 

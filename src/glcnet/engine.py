@@ -3,15 +3,21 @@
 Used by ``glcnet pretrain`` and ``glcnet finetune``. One CPU, one GPU, or DDP over
 GPUs/nodes (Lightning detects torchrun and SLURM); mixed precision via
 ``trainer.precision``; ``checkpoints/last.ckpt`` (model, optimiser, scheduler, loop
-state, RNG) written every ``checkpoint_every`` epochs for ``--resume``.
+state, RNG, the run's config) written every ``checkpoint_every`` epochs for ``--resume``,
+and at the end of the current step when a SIGTERM/SIGINT arrives (:func:`fit`).
+Checkpoints are written atomically next to their final name (:class:`AtomicCheckpointIO`):
+complete or absent. :func:`check_resume` refuses a corrupt checkpoint, or settings that
+cannot continue it, before the run folder is touched.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import random
+import signal
 import sys
 import time
 from collections.abc import Iterable
@@ -23,12 +29,16 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 
-from glcnet.config import OptimConfig, TrainerConfig
+from glcnet.config import OptimConfig, TrainerConfig, flat, to_dict
 from glcnet.errors import GlcnetError
 from glcnet.runs import RunDir
+from glcnet.utils import signals
+from glcnet.utils.atomic import torch_save
 from glcnet.utils.progress import HEARTBEAT_S, duration, interactive, log
 
 # Lightning sets its loggers to INFO when imported: keep its start-up chatter (tips,
@@ -223,6 +233,7 @@ def build_trainer(
     cbs.append(LearningRateMonitor(logging_interval="step"))
     show_bar = tcfg.progress and interactive(sys.stdout)  # Lightning draws its bar on stdout
     cbs.append(EpochBar(label) if show_bar else EpochLines(label))
+    cbs.append(StopOnSignal(ckpt_dir / "last.ckpt"))
     cbs.extend(callbacks)
     limit = tcfg.limit_batches
     limit_batches: int | float = int(limit) if limit > 1 else limit
@@ -242,13 +253,15 @@ def build_trainer(
         enable_model_summary=False,
         logger=_loggers(tcfg, run),
         callbacks=cbs,
+        plugins=[AtomicCheckpointIO()],
         default_root_dir=run.path,
     )
 
 
 def _loggers(tcfg: TrainerConfig, run: RunDir) -> list[Logger]:
     """CSV (``RUN/logs/metrics.csv``) and ``RUN/metrics.jsonl``; with ``tcfg.tensorboard`` also ``RUN/tensorboard/``."""
-    loggers: list[Logger] = [CSVLogger(save_dir=run.path, name="logs", version=""), JsonlLogger(run)]
+    csv = CSVLogger(save_dir=run.path, name="logs", version=_csv_version(run.path / "logs"))
+    loggers: list[Logger] = [csv, JsonlLogger(run)]
     if tcfg.tensorboard:
         try:
             from lightning.pytorch.loggers import TensorBoardLogger
@@ -261,10 +274,155 @@ def _loggers(tcfg: TrainerConfig, run: RunDir) -> list[Logger]:
     return loggers
 
 
-def resume_ckpt(run: RunDir) -> str | None:
+
+
+def _csv_version(logs: Path) -> str:
+    """``logs/metrics.csv`` for a new run; ``logs/resume_N/`` for the N-th resume (Lightning's CSV
+    logger would otherwise delete the earlier log)."""
+    if not (logs / "metrics.csv").exists():
+        return ""
+    n = 1
+    while (logs / f"resume_{n}").exists():
+        n += 1
+    return f"resume_{n}"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoints through :func:`glcnet.utils.atomic.torch_save`: a temporary file in the
+    checkpoint's own folder, fsynced, then renamed (Lightning's own goes through the system temp
+    folder, so its final step can be a non-atomic cross-device copy)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        torch_save(checkpoint, path)
+
+
+class StopOnSignal(Callback):
+    """End training at the end of the step in which SIGTERM/SIGINT arrived (see glcnet.utils.signals):
+    save ``last.ckpt`` there and raise :class:`~glcnet.utils.signals.Interrupted`. All DDP ranks
+    agree on the step. During validation it stops without a new checkpoint."""
+
+    def __init__(self, last: Path):
+        self.last = Path(last)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        signals.take_over()  # Lightning's SIGTERM handler (installed after setup) ends a run with exit status 0
+
+    def _requested(self, trainer: L.Trainer) -> int:
+        sig = signals.requested() or 0
+        if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(bool(sig), all=False):
+            sig = sig or signal.SIGTERM
+        return sig
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        sig = self._requested(trainer)
+        if sig:
+            trainer.save_checkpoint(self.last)
+            raise signals.Interrupted(sig, f" at epoch {trainer.current_epoch} step {trainer.global_step} "
+                                           f"(checkpoint saved)")
+
+    def on_validation_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        sig = self._requested(trainer)
+        if sig:
+            raise signals.Interrupted(sig, f" during validation at epoch {trainer.current_epoch} "
+                                           f"(resumes from the last checkpoint)")
+
+
+def fit(trainer: L.Trainer, task: L.LightningModule, *loaders: Any, ckpt_path: str | None = None) -> None:
+    """``trainer.fit`` that a signal ends at a safe point, with a resumable checkpoint (StopOnSignal)."""
+    try:
+        with signals.deferred():
+            trainer.fit(task, *loaders, ckpt_path=ckpt_path)  # type: ignore[misc]
+    except signals.Interrupted as e:
+        e.resumable = has_checkpoint(Path(trainer.default_root_dir))
+        raise
+    except SIGTERMException:  # Lightning's own stop (a SystemExit with status 0): say what it is
+        stop = signals.Interrupted(signal.SIGTERM, f" at epoch {trainer.current_epoch} step {trainer.global_step}")
+        stop.resumable = has_checkpoint(Path(trainer.default_root_dir))
+        raise stop from None
+    if trainer.interrupted:  # stopped without an exception (Lightning swallowed one)
+        raise signals.Interrupted(signal.SIGTERM, " (training did not finish)")
+
+
+def check_trainer(tcfg: TrainerConfig) -> None:
+    """A device asked for that this machine does not have: one line, before any work."""
+    acc = str(tcfg.accelerator).lower()
+    dev = _devices(tcfg.devices)
+    if acc in ("gpu", "cuda"):
+        n = torch.cuda.device_count()
+        if n == 0:
+            raise GlcnetError(f"trainer.accelerator={tcfg.accelerator}: no CUDA GPU is available on this machine "
+                              "(use trainer.accelerator=cpu, or auto)")
+        if isinstance(dev, int) and dev > n:
+            raise GlcnetError(f"trainer.devices={dev}: only {n} GPU(s) on this machine")
+    elif acc == "auto" and isinstance(dev, int) and dev > 1 and torch.cuda.device_count() == 0:
+        raise GlcnetError(f"trainer.devices={dev}: no GPU on this machine (trainer.accelerator=cpu runs {dev} CPU "
+                          "processes, if that is what you want)")
+    elif acc not in ("auto", "cpu", "mps", "tpu"):
+        raise GlcnetError(f"trainer.accelerator: unknown {tcfg.accelerator!r} (valid: auto, cpu, gpu)")
+    if isinstance(dev, int) and (dev == 0 or dev < -1):
+        raise GlcnetError(f"trainer.devices={tcfg.devices}: expected auto, -1 (all) or a positive count")
+
+
+def resume_ckpt(run: RunDir | Path | str) -> str | None:
     """``RUN/checkpoints/last.ckpt`` if a previous (possibly killed) run left one."""
-    p = run.path / "checkpoints" / "last.ckpt"
+    p = (run.path if isinstance(run, RunDir) else Path(run)) / "checkpoints" / "last.ckpt"
     return str(p) if p.is_file() else None
+
+
+def has_checkpoint(run: Path) -> bool:
+    """A run folder worth keeping after a failure: it can be resumed."""
+    return resume_ckpt(run) is not None
+
+
+# settings that may differ when a run is resumed (longer schedule, other hardware, logging)
+MAY_CHANGE_ON_RESUME = ("out", "optim.epochs", "trainer.max_steps", "trainer.progress", "trainer.log_every",
+                        "trainer.num_workers", "trainer.checkpoint_every", "trainer.devices", "trainer.num_nodes",
+                        "trainer.strategy", "trainer.accelerator", "early_stop", "eval.")
+_PATH_KEYS = ("data", "init")
+
+
+def _same(key: str, a: Any, b: Any) -> bool:
+    if key in _PATH_KEYS and isinstance(a, str) and isinstance(b, str) and "none" not in (a.lower(), b.lower()):
+        return Path(a).resolve() == Path(b).resolve()
+    return a == b
+
+
+def check_resume(last: str | Path, kind: str, cfg: Any) -> None:
+    """Refuse (one line, nothing touched) to resume ``last`` if it is unreadable, of another kind,
+    or was started with settings other than ``cfg`` outside :data:`MAY_CHANGE_ON_RESUME`."""
+    last = Path(last)
+    ckpt = load_torch(last, "training checkpoint")
+    meta = ckpt.get("glcnet") or {}
+    if "state_dict" not in ckpt or "loops" not in ckpt:
+        raise GlcnetError(f"{last}: not a Lightning training checkpoint; cannot resume from it")
+    if meta.get("kind") not in (None, kind):
+        raise GlcnetError(f"{last}: a {meta['kind']} checkpoint; glcnet {kind} cannot resume it")
+    saved = meta.get("config")
+    if saved is None:  # checkpoints of earlier versions: the run's config.yaml
+        import yaml
+
+        with contextlib.suppress(OSError, yaml.YAMLError):
+            saved = yaml.safe_load((last.parent.parent / "config.yaml").read_text())
+    if not isinstance(saved, dict):
+        return
+    old, new = flat(saved), flat(to_dict(cfg))
+    for key in sorted(set(old) | set(new)):
+        if key.startswith(MAY_CHANGE_ON_RESUME) or key in MAY_CHANGE_ON_RESUME:
+            continue
+        if not _same(key, old.get(key), new.get(key)):
+            raise GlcnetError(f"{last.parent.parent}: cannot resume with {key}={new.get(key)!r}: the run was "
+                              f"started with {key}={old.get(key)!r} (resume with the run's own settings, --config "
+                              f"{last.parent.parent / 'config.yaml'}, or choose another --out)")
+
+
+class ConfigInCheckpoint(Callback):
+    """Store ``{"kind", "config"}`` in every checkpoint, so that --resume can check its settings."""
+
+    def __init__(self, kind: str, cfg: Any):
+        self.meta = {"kind": kind, "config": to_dict(cfg)}
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint["glcnet"] = self.meta
 
 
 def lr_factor(epoch: int, ocfg: OptimConfig) -> float:

@@ -52,7 +52,7 @@ def versions() -> dict[str, str]:
 
 
 class RunDir:
-    """A run directory; ``RunDir.create`` writes config.yaml and run.json."""
+    """A run directory; ``RunDir.create`` writes config.yaml and run.json (on rank 0)."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -60,6 +60,10 @@ class RunDir:
     @classmethod
     def create(cls, path: str | os.PathLike, cfg: Any, seed: int, extra: dict[str, Any] | None = None) -> RunDir:
         run = cls(path)
+        from glcnet.outputs import rank
+
+        if rank() != 0:  # DDP: rank 0 writes the run's files
+            return run
         run.path.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run.path / "config.yaml")
         info = {

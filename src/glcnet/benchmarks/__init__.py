@@ -24,6 +24,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
         importlib.import_module(f"glcnet.benchmarks.{name}").configure(p)
 
 
+def write_result(args: argparse.Namespace, result: dict) -> None:
+    """``--json PATH``: the figures, tagged with the benchmark that wrote them (glcnet.outputs.check_file)."""
+    from glcnet.outputs import write_file
+
+    write_file(args.json, f"benchmark {args.benchmark}", result)
+
+
 def main(args: argparse.Namespace) -> int:
     """Run ``glcnet benchmark``; returns the exit status."""
+    if getattr(args, "json", None):  # before minutes of measuring: may the file be written?
+        from glcnet.outputs import check_file
+
+        check_file(args.json, f"benchmark {args.benchmark}")
     return importlib.import_module(f"glcnet.benchmarks.{args.benchmark}").main(args)

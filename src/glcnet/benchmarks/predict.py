@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from glcnet.utils.atomic import write_json
+from glcnet.benchmarks import write_result
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -132,6 +132,6 @@ def main(args: argparse.Namespace) -> int:
     if len(results) > 1:
         print(f"peak RSS ratio {sizes[-1]}^2 / {sizes[0]}^2: {ratio:.2f} (target <= 1.5)")
     if args.json:
-        write_json(args.json, {"encoder": args.encoder, "window": args.window, "stride": args.stride,
+        write_result(args, {"encoder": args.encoder, "window": args.window, "stride": args.stride,
                                "results": results, "rss_ratio": ratio})
     return 0

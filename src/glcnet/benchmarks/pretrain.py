@@ -10,7 +10,6 @@ the fly unless ``--data`` is given) with ``--workers`` processes.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from glcnet.benchmarks import write_result
 from glcnet.config import MethodConfig, ModelConfig, PretrainConfig, ViewConfig
 from glcnet.utils.memory import keep_freed_memory
 
@@ -117,6 +117,5 @@ def main(args: argparse.Namespace) -> int:
     print(f" loader: {res['loader_samples_per_s']:8.1f} samples/s with {args.workers} workers = "
           f"{res['loader_over_step']:.1f}x the glcnet step (target >= 3x)")
     if args.json:
-        figures = {"device": str(device), "encoder": encoder, "batch": batch, **res}
-        Path(args.json).write_text(json.dumps(figures, indent=2))
+        write_result(args, {"device": str(device), "encoder": encoder, "batch": batch, **res})
     return 0

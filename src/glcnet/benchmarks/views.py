@@ -26,12 +26,12 @@ import time
 import numpy as np
 import torch
 
+from glcnet.benchmarks import write_result
 from glcnet.benchmarks.reference_views import reference_sample
 from glcnet.config import ViewConfig
 from glcnet.errors import GlcnetError
 from glcnet.ssl.patches import sample_patches
 from glcnet.transforms import ViewGenerator
-from glcnet.utils.atomic import write_json
 from glcnet.utils.memory import keep_freed_memory
 
 
@@ -187,7 +187,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"{procs} x 1 torch thread, all at once: reference {ref_p:.3f} ms/sample, "
               f"ours {ours_p:.3f} ms/sample: {ref_p / ours_p:.1f}x")
     if args.json:
-        write_json(args.json, result)
+        write_result(args, result)
     return 0
 
 

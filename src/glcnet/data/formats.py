@@ -212,7 +212,7 @@ class _ISPRS(Format):
 
     def read_mask(self, path: Path) -> np.ndarray:
         # black = boundary in the eroded ("noBoundary") variant -> ignore
-        return decode_colors(read_mask(path), self.colors, path, ignore_colors=(BLACK,))
+        return decode_colors(read_mask(path, colors=True), self.colors, path, ignore_colors=(BLACK,))
 
     def read_eval_mask(self, path: Path) -> np.ndarray:
         """ISPRS convention (eroded labels): boundaries and clutter -> 255."""
@@ -375,7 +375,7 @@ class DeepGlobe(Format):
         return out
 
     def read_mask(self, path: Path) -> np.ndarray:
-        rgb = read_mask(path)
+        rgb = read_mask(path, colors=True)
         if rgb.ndim == 3:
             rgb = np.where(rgb >= 128, 255, 0).astype(np.uint8)
         return decode_colors(rgb, self.colors, path, ignore_colors=(BLACK,))
@@ -409,12 +409,23 @@ def read_legend(path: Path) -> tuple[list[str], list[tuple[int, int, int]], list
                         "ignore": bool(e.get("ignore", False))} for e in data]
         if any(len(e["color"]) != 3 or not all(0 <= v <= 255 for v in e["color"]) for e in entries):
             raise ValueError("each colour needs 3 values in 0..255")
-    except Exception as e:
-        raise GlcnetError(f"{path}: not a valid legend ({type(e).__name__}: {e}); "
+    except Exception as err:
+        raise GlcnetError(f"{path}: not a valid legend ({type(err).__name__}: {err}); "
                           "expected rows name,r,g,b[,ignore]") from None
     keep = [e for e in entries if not e["ignore"]]
     if not keep:
         raise GlcnetError(f"{path}: legend has no classes")
+    seen: dict[tuple[int, ...], str] = {}
+    for e in entries:  # a colour must decode to one class: no two rows share a colour or a name
+        c = tuple(e["color"])
+        if c in seen:
+            raise GlcnetError(f"{path}: colour {c} is given to both {seen[c]!r} and {e['name']!r}; "
+                              "the legend cannot be decoded unambiguously")
+        seen[c] = e["name"]
+    names = [e["name"] for e in keep]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup is not None:
+        raise GlcnetError(f"{path}: class {dup!r} is listed twice; give each class one colour")
     return ([e["name"] for e in keep], [tuple(e["color"]) for e in keep],
             [tuple(e["color"]) for e in entries if e["ignore"]])
 
@@ -473,8 +484,8 @@ class Generic(Format):
         return super().band_names(count, path, extra)
 
     def read_mask(self, path: Path) -> np.ndarray:
-        raw = read_mask(path)
         o = self.opts
+        raw = read_mask(path, colors=bool(o["legend"]))  # palette PNGs: their colours
         if o["legend"]:
             if raw.ndim != 3:
                 raise GlcnetError(f"{path}: single-band mask but --legend {o['legend']} describes colours")

@@ -10,6 +10,16 @@ failure never leaves a half-written output.
 Statistics: ``value_range`` per band is ``[0, 255]`` for uint8 bands, else the 0.5th and
 99.5th percentiles over the train scenes (sampled); ``mean``/``std`` are over the scaled
 train pixels; ``class_counts`` are pixel counts per class over whole scenes per split.
+
+No-data: a pixel is no-data where a band holds its nodata value (``--nodata V`` for every
+band, else the GeoTIFF nodata tag of each image) or a non-finite value. No-data is left out
+of every statistic, its mask label is 255 (so it leaves losses and metrics), the stored
+image keeps the data set's nodata value (``dataset.json`` ``nodata``), and scaling maps it
+to 0 (:func:`glcnet.data.raster.scale`).
+
+Labels are checked as a whole at the end: a class without a single pixel is a warning;
+index masks that hold only 0 and 255 (binary masks read without ``--mask-threshold``, so
+that the ignore value swallows the second class) are an error.
 """
 
 from __future__ import annotations
@@ -23,11 +33,12 @@ from typing import Any
 
 import numpy as np
 
+from glcnet import outputs
 from glcnet.data.formats import Format, Source, default_colors, get_format
-from glcnet.data.raster import RASTER_SUFFIXES, probe, scale
+from glcnet.data.raster import RASTER_SUFFIXES, invalid, probe, scale
 from glcnet.data.splits import ALL_SPLITS, DEFAULT_FRACTIONS, SPLITS, assign_splits, labelled_subsets, tile_windows
 from glcnet.errors import GlcnetError
-from glcnet.utils.atomic import atomic_dir, write_json
+from glcnet.utils.atomic import write_json
 from glcnet.utils.progress import bar, duration
 
 log = logging.getLogger("glcnet.data")
@@ -39,13 +50,14 @@ def prepare(fmt: str, src: str | Path, out: str | Path, *, tile_size: int = 256,
             seed: int = 0, overwrite: bool = False, split_ratios: Sequence[float] = (0.6, 0.2, 0.2),
             split_file: str | Path | None = None, val_scenes: Sequence[str] | None = None,
             fractions: Sequence[float] = DEFAULT_FRACTIONS, unlabeled: str | Path | None = None,
-            select_bands: Sequence[str] | None = None, name: str | None = None,
+            select_bands: Sequence[str] | None = None, name: str | None = None, nodata: float | None = None,
             **format_options: Any) -> Path:
     """Prepare ``src`` (format ``fmt``) into ``out``; returns ``out``.
 
     ``format_options`` go to the format class (e.g. ``labels="eroded"``, ``dsm=True``,
     ``classes=[...]``, ``bands=[...]``, ``legend=FILE``, ``reduce_zero_label=True``,
-    ``mask_threshold=128``); an option the format does not know is an error.
+    ``mask_threshold=128``); an option the format does not know is an error. ``nodata``: the
+    no-data value of every band (default: each image's GeoTIFF nodata tag).
     """
     src, out = Path(src), Path(out)
     stride = stride or tile_size
@@ -53,21 +65,26 @@ def prepare(fmt: str, src: str | Path, out: str | Path, *, tile_size: int = 256,
         raise GlcnetError(f"tile size {tile_size} and stride {stride} must be positive")
     if not src.is_dir():
         raise GlcnetError(f"{src}: source folder not found")
-    if out.resolve() == src.resolve() or out.resolve() in src.resolve().parents:
-        raise GlcnetError(f"{out}: output folder must not contain the source folder {src}")
+    inputs = [src, unlabeled, split_file, format_options.get("legend")]
+    outputs.check(out, "prepare", overwrite=overwrite, inputs=inputs)
     f = get_format(fmt, **format_options)
     sources = f.discover(src) + _unlabeled_sources(unlabeled)
     _check_names(sources)
-    shapes, bands, band_dtypes, dtype = _preflight(f, sources, tile_size)
+    shapes, bands, band_dtypes, dtype, tags = _preflight(f, sources, tile_size)
     sel = _select(bands, select_bands, sources[0].image)
     bands, band_dtypes = [bands[i] for i in sel], [band_dtypes[i] for i in sel]
+    if nodata is not None and np.isfinite(nodata) and not np.can_cast(np.min_scalar_type(nodata), dtype):
+        raise GlcnetError(f"--nodata {nodata:g}: not a value of the images' dtype {np.dtype(dtype)}")
+    first_tag = tags[sources[0].name]
+    ds_nodata = None if nodata is None and all(v is None for v in first_tag) else \
+        [nodata if nodata is not None else first_tag[i] for i in sel]
     splits = assign_splits({s.name: (s.split, s.mask is not None) for s in sources}, seed=seed,
                            ratios=split_ratios, split_file=split_file, val_scenes=val_scenes,
                            default_val=f.default_val)
     order = {s: i for i, s in enumerate(ALL_SPLITS)}
     sources.sort(key=lambda s: (order[splits[s.name]], s.name))
 
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with outputs.new_folder(out, "prepare", overwrite=overwrite, inputs=inputs) as tmp:
         for d in ("images", "masks"):
             (tmp / d).mkdir()
         scenes: list[dict[str, Any]] = []
@@ -82,10 +99,18 @@ def prepare(fmt: str, src: str | Path, out: str | Path, *, tile_size: int = 256,
             progress.set_postfix_str(s.name)
             log.debug("[%d/%d] %s (%s, %dx%d)", i + 1, len(sources), s.name, split, w, h)
             image, meta = f.read_image(s)
-            np.save(tmp / "images" / f"{s.name}.npy", np.ascontiguousarray(image[sel].astype(dtype, copy=False)))
+            image = np.ascontiguousarray(image[sel].astype(dtype, copy=False))  # [C, H, W]
+            tag = [tags[s.name][i] for i in sel] if nodata is None else [nodata] * len(sel)
+            bad = invalid(image, tag).any(0)  # [H, W] no-data in any band
+            if ds_nodata is not None and tag != ds_nodata:  # this scene's own tag -> the data set's value
+                for b, v in enumerate(ds_nodata):
+                    if v is not None:
+                        image[b, bad] = v
+            np.save(tmp / "images" / f"{s.name}.npy", image)
             del image
             mask = f.read_mask(s.mask) if s.mask else None
             if mask is not None:
+                mask[bad] = 255  # no-data pixels leave losses and metrics
                 np.save(tmp / "masks" / f"{s.name}.npy", mask)
                 if split in counts:
                     counts[split] += np.bincount(mask.ravel(), minlength=256)
@@ -113,16 +138,17 @@ def prepare(fmt: str, src: str | Path, out: str | Path, *, tile_size: int = 256,
             raise GlcnetError(f"{src}: {k} classes found; expected 1..255 (give --classes)")
         stat_names = [s["name"] for s in scenes if s["split"] == "train"] or [s["name"] for s in scenes]
         arrays = [np.load(tmp / "images" / f"{n}.npy", mmap_mode="r") for n in stat_names]
-        value_range = _value_range(arrays, band_dtypes)
-        mean, std = _mean_std(arrays, value_range)
+        value_range = _value_range(arrays, band_dtypes, ds_nodata)
+        mean, std = _mean_std(arrays, value_range, ds_nodata)
         del arrays
+        _check_labels(f, src, classes, counts)
         subsets = labelled_subsets(has_label, fractions, seed)
         colors = [list(c) for c in f.colors] if len(f.colors) == k else default_colors(k)
         write_json(tmp / "dataset.json", {
             "version": VERSION, "name": name or (fmt if fmt != "generic" else src.resolve().name),
             "format": fmt, "bands": list(bands), "dtype": str(np.dtype(dtype)),
             "classes": list(classes), "colors": colors, "ignore_index": 255,
-            "value_range": value_range, "mean": mean, "std": std,
+            "value_range": value_range, "mean": mean, "std": std, "nodata": ds_nodata,
             "class_counts": {sp: c[:k].tolist() for sp, c in counts.items()},
             "tile_size": tile_size, "stride": stride, "seed": seed, "source": str(src),
             "scenes": scenes})
@@ -161,20 +187,22 @@ def _check_names(sources: list[Source]) -> None:
 def _preflight(f: Format, sources: list[Source], tile: int):
     """Read every header once: band count/names, sizes, dtypes, tile size; fail fast.
 
-    Returns ``({scene: (H, W)}, band names, per-band dtypes, stored dtype)``.
+    Returns ``({scene: (H, W)}, band names, per-band dtypes, stored dtype, {scene: per-band nodata tag})``.
     """
-    shapes, bands, band_dtypes, dtype = {}, None, None, None
+    shapes, bands, band_dtypes, dtype, tags = {}, None, None, None, {}
     for s in sources:
         info = probe(s.image)
         h, w = info["height"], info["width"]
         names = f.band_names(info["count"], s.image, len(s.extra))
         dts = [info["dtype"]] * info["count"]
+        tags[s.name] = list(info["nodata"])
         for p in s.extra:
             e = probe(p)
             if e["count"] != 1 or (e["height"], e["width"]) != (h, w):
                 raise GlcnetError(f"{p}: is {e['count']} band(s) {e['width']}x{e['height']}, expected "
                                   f"1 band {w}x{h} like {s.image}")
             dts.append(e["dtype"])
+            tags[s.name].append(e["nodata"][0])
         for label in (s.mask, s.eval_mask):
             if label is not None:
                 m = probe(label)
@@ -190,7 +218,7 @@ def _preflight(f: Format, sources: list[Source], tile: int):
             raise GlcnetError(f"{s.image}: dtype {dt} differs from {dtype} of {sources[0].image.name}")
         shapes[s.name] = (h, w)
     assert bands is not None and band_dtypes is not None  # discover() found at least one scene
-    return shapes, list(bands), band_dtypes, dtype
+    return shapes, list(bands), band_dtypes, dtype, tags
 
 
 def _select(bands: list[str], select: Sequence[str] | None, path: Path) -> list[int]:
@@ -203,33 +231,58 @@ def _select(bands: list[str], select: Sequence[str] | None, path: Path) -> list[
     return [bands.index(b) for b in select]
 
 
-def _value_range(arrays: list[np.ndarray], band_dtypes: list[str]) -> list[list[float]]:
-    """Per band ``[lo, hi]``: uint8 -> [0, 255]; else 0.5/99.5 percentiles of sampled pixels."""
+def _value_range(arrays: list[np.ndarray], band_dtypes: list[str],
+                 nodata: Sequence[float | None] | None = None) -> list[list[float]]:
+    """Per band ``[lo, hi]``: uint8 -> [0, 255]; else 0.5/99.5 percentiles of sampled pixels
+    that are not no-data."""
     out = []
     for b, dt in enumerate(band_dtypes):
         if np.dtype(dt) == np.uint8:
             out.append([0.0, 255.0])
             continue
         samples = []
+        nd = None if nodata is None else nodata[b]
         for a in arrays:
             step = max(1, int(np.sqrt(a.shape[1] * a.shape[2] / _PERCENTILE_SAMPLES)))
-            samples.append(np.asarray(a[b, ::step, ::step], dtype=np.float64).ravel())
+            v = np.asarray(a[b, ::step, ::step], dtype=np.float64).ravel()
+            samples.append(v[np.isfinite(v) & (v != nd)] if nd is not None else v[np.isfinite(v)])
         v = np.concatenate(samples)
-        lo, hi = np.nanpercentile(v, [0.5, 99.5]) if np.isfinite(v).any() else (0.0, 1.0)
+        lo, hi = np.percentile(v, [0.5, 99.5]) if v.size else (0.0, 1.0)
         out.append([float(lo), float(hi) if hi > lo else float(lo) + 1.0])
     return out
 
 
-def _mean_std(arrays: list[np.ndarray], value_range: list[list[float]], rows: int = 256):
-    """Mean and std per band of the scaled pixels of ``arrays`` (streamed in row blocks)."""
+def _mean_std(arrays: list[np.ndarray], value_range: list[list[float]],
+              nodata: Sequence[float | None] | None = None, rows: int = 256):
+    """Mean and std per band of the scaled pixels of ``arrays`` that are not no-data (streamed in row blocks)."""
     c = len(value_range)
-    s1, s2, n = np.zeros(c), np.zeros(c), 0
+    s1, s2, n = np.zeros(c), np.zeros(c), np.zeros(c)
     for a in arrays:
         for y in range(0, a.shape[1], rows):
-            x = scale(np.asarray(a[:, y:y + rows]), value_range).reshape(c, -1)  # [C, rows*W]
-            s1 += x.sum(1, dtype=np.float64)
-            s2 += np.square(x, dtype=np.float64).sum(1)
-            n += x.shape[1]
-    mean = s1 / max(n, 1)
-    std = np.sqrt(np.maximum(s2 / max(n, 1) - mean ** 2, 0.0))
+            raw = np.asarray(a[:, y:y + rows])
+            x = scale(raw, value_range).reshape(c, -1)  # [C, rows*W]
+            ok = ~invalid(raw, nodata).reshape(c, -1)  # [C, rows*W]
+            s1 += (x * ok).sum(1, dtype=np.float64)
+            s2 += (np.square(x, dtype=np.float64) * ok).sum(1)
+            n += ok.sum(1)
+    mean = s1 / np.maximum(n, 1)
+    std = np.sqrt(np.maximum(s2 / np.maximum(n, 1) - mean ** 2, 0.0))
     return mean.tolist(), std.tolist()
+
+
+def _check_labels(f: Format, src: Path, classes: Sequence[str], counts: dict[str, np.ndarray]) -> None:
+    """Labels that decode to a wrong data set: an error where it is certain, a warning where it is suspicious."""
+    total: np.ndarray = np.sum(list(counts.values()), axis=0)  # [256] pixels per label value over the labelled splits
+    if not total.any():
+        return
+    labelled = np.flatnonzero(total[:255])
+    if (f.name == "generic" and not f.opts.get("legend") and f.opts.get("mask_threshold") is None
+            and total[255] > 0 and labelled.tolist() == [0]):
+        raise GlcnetError(f"{src}: the masks hold only the values 0 and 255, and 255 means 'ignore', so every "
+                          "non-zero pixel would be ignored; binary 0/255 masks need --mask-threshold 128")
+    for i, name in enumerate(classes):
+        if total[i] == 0:
+            log.warning(f"warning: class {name!r} has no labelled pixel in any mask (check --classes, --legend, "
+                        "--mask-threshold)")
+        elif counts["train"][i] == 0:
+            log.warning(f"warning: class {name!r} has no labelled pixel in the train scenes")

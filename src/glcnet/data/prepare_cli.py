@@ -57,6 +57,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unlabeled", help="folder of extra images without masks (pretraining only)")
     p.add_argument("--select-bands", type=_list(), help="keep/reorder bands by name, e.g. R,G,B")
     p.add_argument("--name", help="data set name (default: the format, or the source folder for generic)")
+    p.add_argument("--nodata", type=float, help="no-data value of every band, e.g. -9999 (default: the GeoTIFF "
+                   "nodata tag); such pixels are left out of statistics, labels and metrics")
     for flag, kw in _FORMAT_OPTIONS.items():
         p.add_argument(flag, **kw)
 
@@ -71,7 +73,7 @@ def main(args: argparse.Namespace) -> int:
     out = prepare(args.format, args.src, args.out, tile_size=args.tile_size, stride=args.stride, seed=args.seed,
                   overwrite=args.overwrite, split_ratios=args.split_ratios, split_file=args.split_file,
                   val_scenes=args.val_scenes, fractions=args.fractions, unlabeled=args.unlabeled,
-                  select_bands=args.select_bands, name=args.name, **options)
+                  select_bands=args.select_bands, name=args.name, nodata=args.nodata, **options)
     with open(out / "tiles.csv", newline="") as fh:
         tiles = Counter(row["split"] for row in csv.DictReader(fh))
     print(f"prepared {args.format} -> {out}")

@@ -75,12 +75,14 @@ class PreparedDataset:
     std = property(lambda self: list(self.meta["std"]))
     value_range = property(lambda self: [list(v) for v in self.meta["value_range"]])
     fractions = property(lambda self: [float(k) for k in self.split_info.get("labelled", {})])
+    nodata = property(lambda self: self.meta.get("nodata"))  # per band, or None
 
     @property
     def is_8bit(self) -> bool:
         """True when the raw values are uint8 with value range [0, 255] on every band, so that
         ``raw / 255`` is the scaled image (loaders may then pass raw uint8 tiles on)."""
-        return self.meta.get("dtype") == "uint8" and all(list(v) == [0, 255] for v in self.value_range)
+        return (self.meta.get("dtype") == "uint8" and all(list(v) == [0, 255] for v in self.value_range)
+                and not any(v is not None for v in self.nodata or []))
 
     def scenes(self, split: str | Sequence[str] | None = None) -> list[str]:
         """Scene names of one split (or several; all when None), in file order."""
@@ -152,8 +154,8 @@ class PreparedDataset:
         return arr
 
     def image(self, scene: str) -> np.ndarray:
-        """Scaled float32 ``[C, H, W]`` in [0, 1] (see :func:`scale`)."""
-        return scale(np.asarray(self.raw(scene)), self.value_range)
+        """Scaled float32 ``[C, H, W]`` in [0, 1], no-data 0 (see :func:`scale`)."""
+        return scale(np.asarray(self.raw(scene)), self.value_range, self.nodata)
 
     def mask(self, scene: str) -> np.ndarray | None:
         """uint8 ``[H, W]`` class indices (255 = ignore), memory-mapped; None for unlabeled scenes."""
@@ -206,7 +208,8 @@ class TileDataset(torch.utils.data.Dataset):
             y += int(torch.randint(0, h - self.crop + 1, ()))
             w = h = self.crop
         raw = np.asarray(self.ds.raw(t.scene)[:, y:y + h, x:x + w])
-        image = torch.from_numpy(raw.copy() if self.uint8 else scale(raw, self.ds.value_range))  # [C, h, w]
+        scaled = raw.copy() if self.uint8 else scale(raw, self.ds.value_range, self.ds.nodata)
+        image = torch.from_numpy(scaled)  # [C, h, w]
         out = {"image": image}
         if self.with_mask:
             m = self.ds.mask(t.scene)

@@ -61,10 +61,12 @@ def _check_png(path: Path) -> None:
 
 
 def probe(path: str | Path) -> dict[str, Any]:
-    """Header only: ``{"count", "height", "width", "dtype"}`` (cheap, for early checks)."""
+    """Header only: ``{"count", "height", "width", "dtype", "nodata"}`` (cheap, for early checks);
+    ``nodata`` is the GeoTIFF nodata value of each band (None where it has none)."""
     path = Path(path)
     with open_raster(path) as src:
-        return {"count": src.count, "height": src.height, "width": src.width, "dtype": src.dtypes[0]}
+        return {"count": src.count, "height": src.height, "width": src.width, "dtype": src.dtypes[0],
+                "nodata": list(src.nodatavals)}
 
 
 def read_raster(path: str | Path, bands: Sequence[int] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
@@ -97,10 +99,18 @@ def read_raster(path: str | Path, bands: Sequence[int] | None = None) -> tuple[n
     return arr, meta
 
 
-def read_mask(path: str | Path) -> np.ndarray:
-    """Label image: 1 band -> index mask ``[H, W]``; 3 bands (or RGB + alpha) -> colours ``[3, H, W]``."""
+def read_mask(path: str | Path, colors: bool = False) -> np.ndarray:
+    """Label image: 1 band -> index mask ``[H, W]``; 3 bands (or RGB + alpha) -> colours ``[3, H, W]``.
+
+    ``colors``: the caller decodes colours, so a palette image (1 band of indices into a
+    colour table, a common PNG encoding of colour masks) is expanded to its colours.
+    """
     path = Path(path)
     arr, _ = read_raster(path)
+    if colors and arr.shape[0] in (1, 2):
+        lut = _palette(path)
+        if lut is not None:
+            return lut[:, arr[0]]  # [3, H, W]
     if arr.shape[0] in (1, 2):  # gray (+ alpha)
         return arr[0]
     if arr.shape[0] in (3, 4):  # RGB (+ alpha)
@@ -108,12 +118,40 @@ def read_mask(path: str | Path) -> np.ndarray:
     raise GlcnetError(f"{path}: label image has {arr.shape[0]} bands, expected 1 (indices) or 3 (colours)")
 
 
-def scale(raw: np.ndarray, value_range: Sequence[Sequence[float]]) -> np.ndarray:
+def _palette(path: Path) -> np.ndarray | None:
+    """The colour table of a 1-band palette raster as ``uint8 [3, 256]``, or None."""
+    from rasterio.enums import ColorInterp
+
+    with open_raster(path) as src:
+        if src.colorinterp[0] != ColorInterp.palette:
+            return None
+        try:
+            cmap = src.colormap(1)
+        except ValueError:
+            return None
+    lut = np.zeros((3, 256), np.uint8)
+    for i, c in cmap.items():
+        if 0 <= i < 256:
+            lut[:, i] = c[:3]
+    return lut
+
+
+def invalid(raw: np.ndarray, nodata: Sequence[float | None] | None) -> np.ndarray:
+    """``[C, ...]`` -> ``bool [C, ...]``: the band's nodata value, or not finite (NaN no-data)."""
+    bad = ~np.isfinite(raw) if raw.dtype.kind == "f" else np.zeros(raw.shape, bool)
+    for b, v in enumerate(nodata or []):
+        if v is not None and np.isfinite(v):
+            bad[b] |= raw[b] == v
+    return bad
+
+
+def scale(raw: np.ndarray, value_range: Sequence[Sequence[float]],
+          nodata: Sequence[float | None] | None = None) -> np.ndarray:
     """Per-band scaling to [0, 1]: ``clip((raw - lo) / (hi - lo), 0, 1)`` as float32.
 
     ``raw`` is ``[C, ...]``; ``value_range`` is ``[[lo, hi]] * C`` (dataset.json).
-    Non-finite values (NaN no-data of float rasters) become 0, like values below ``lo``,
-    so that they never reach a network as NaN.
+    No-data (each band's ``nodata`` value, and non-finite values such as NaN) becomes 0,
+    like values below ``lo``, so that it never reaches a network as NaN or as -9999.
     """
     vr = np.asarray(value_range, dtype=np.float32)  # [C, 2]
     if raw.shape[0] != len(vr):
@@ -125,4 +163,6 @@ def scale(raw: np.ndarray, value_range: Sequence[Sequence[float]]) -> np.ndarray
     np.clip(out, 0.0, 1.0, out=out)
     if raw.dtype.kind not in "ui":  # integer rasters cannot hold NaN
         np.nan_to_num(out, copy=False, nan=0.0)
+    if nodata is not None and any(v is not None for v in nodata):
+        out[invalid(raw, nodata)] = 0.0
     return out

@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 
 from glcnet.errors import GlcnetError
-from glcnet.utils.atomic import atomic_dir
 
 CLASSES = ["impervious", "building", "low_vegetation", "tree", "water", "car"]
 COLORS = [[255, 255, 255], [0, 0, 255], [0, 255, 255], [0, 255, 0], [0, 128, 255], [255, 255, 0]]
@@ -187,7 +186,9 @@ def generate_scenes(out_dir: str | Path, n_scenes: int = 6, size: int = 512, see
     if n_scenes < 1:
         raise GlcnetError(f"synthetic scenes: n_scenes must be >= 1, got {n_scenes}")
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+    from glcnet import outputs
+
+    with outputs.new_folder(out_dir, "synthetic", overwrite=overwrite) as tmp:
         (tmp / "images").mkdir()
         (tmp / "masks").mkdir()
         if n_unlabeled:

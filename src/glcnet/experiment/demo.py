@@ -5,7 +5,7 @@ into ``OUT/synthetic_raw``, prepares them into ``OUT/synthetic_prepared`` and ru
 embedded grid ``glcnet/configs/experiment_demo.yaml`` (sized for <= 10 minutes on 2 CPU
 cores) into ``OUT/experiment``. ``--data PREPARED`` runs the same grid on any prepared
 data set; ``--quick`` is a seconds-scale schedule for tests. Reruns resume/skip like
-``glcnet experiment``.
+``glcnet experiment``. ``OUT`` is the demo's own folder (glcnet.outputs, kind ``demo``).
 """
 
 from __future__ import annotations
@@ -58,21 +58,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``glcnet demo``; returns the exit status."""
+    from glcnet import outputs
     from glcnet.experiment import grid
 
     t0 = time.time()
     out = Path(args.out)
     cfg = load_config(ExperimentConfig, CONFIG, (QUICK if args.quick else []) + list(args.overrides))
-    if args.data:
-        cfg.data, note = args.data, f"Data: prepared data set `{args.data}`."
-    else:
-        log.info(f"demo: SYNTHETIC scenes (not real imagery) in {out / 'synthetic_raw'}")
-        cfg.data, note = str(synthetic_dataset(out, args.quick, cfg.fractions)), SYNTHETIC_NOTE
-    cfg.out = str(out / "experiment")
-    paths = grid.run(cfg, title="glcnet demo" + (" (quick)" if args.quick else ""), note=note)
+    with outputs.run_folder(out, "demo", resume=True, inputs=[args.data],
+                            keep=lambda p: len(list(p.iterdir())) > 1):
+        if args.data:
+            cfg.data, note = args.data, f"Data: prepared data set `{args.data}`."
+        else:
+            log.info(f"demo: SYNTHETIC scenes (not real imagery) in {out / 'synthetic_raw'}")
+            cfg.data, note = str(synthetic_dataset(out, args.quick, cfg.fractions)), SYNTHETIC_NOTE
+        cfg.out = str(out / "experiment")
+        paths = grid.run(cfg, title="glcnet demo" + (" (quick)" if args.quick else ""), note=note)
     print(paths["md"].read_text())
     if not args.data:
         print("NOTE: these results are on SYNTHETIC scenes.")
     print(f"report: {paths['html']}  (also results.md, results.csv, {paths['png'].name}); "
           f"{duration(time.time() - t0)}")
-    return 0
+    return grid.exit_status(cfg)

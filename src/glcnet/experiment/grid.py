@@ -26,7 +26,10 @@ identity and every setting that differs from the defaults: seed, model, method, 
 not output paths or logging options), so
 rerunning an unchanged config skips finished work and a changed one runs anew. A killed
 pretraining or fine-tuning resumes from its ``checkpoints/last.ckpt``. A failing cell
-writes its traceback to ``error.txt``, is shown as failed, and the grid goes on.
+writes its traceback to ``error.txt``, is shown as failed, and the grid goes on; the
+command then exits with status 1. ``OUT`` is the experiment's own folder
+(:mod:`glcnet.outputs`, kind ``experiment``): rerunning into it continues it, and while it
+runs no second process may write it.
 
 With ``probe: true`` (default) every cell also probes the frozen features of the network
 its fine-tuning starts from (the pretrained weights, or the seeded random init of
@@ -54,12 +57,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from glcnet import outputs
 from glcnet.config import (
     ExperimentConfig,
     FinetuneConfig,
     PretrainConfig,
     add_config_args,
+    check_values,
     config_from_args,
+    flat,
     split_top,
     to_dict,
     with_overrides,
@@ -82,14 +88,6 @@ def short_hash(obj: Any) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def _hashable(cfg: Any) -> dict[str, Any]:
     """The settings of ``cfg`` that differ from its defaults, as ``{"a.b": value}``.
 
@@ -97,8 +95,8 @@ def _hashable(cfg: Any) -> dict[str, Any]:
     default that keeps the old behaviour) does not invalidate finished cells. Left out:
     ``_NO_EFFECT`` and ``data`` (identified by content, see :func:`data_id`).
     """
-    default = _flat(to_dict(type(cfg)()))
-    return {k: v for k, v in _flat(to_dict(cfg)).items()
+    default = flat(to_dict(type(cfg)()))
+    return {k: v for k, v in flat(to_dict(cfg)).items()
             if k not in _NO_EFFECT and k != "data" and not k.startswith("probe.")
             and (k not in default or default[k] != v)}
 
@@ -144,6 +142,7 @@ def pretrain_config(cfg: ExperimentConfig, method: str, seed: int) -> PretrainCo
     """The pretraining config of a method entry (its overrides but ``finetune.*`` applied) and seed."""
     name, overrides = parse_method(method)
     pc = with_overrides(cfg.pretrain, _split(overrides)[0], f"experiment: method entry {method!r}: pretrain")
+    check_values(pc, "pretrain.")
     pc.data, pc.seed, pc.method.name = cfg.data, seed, name
     if not any(abs(pc.probe.fraction - f) < 1e-9 for f in cfg.fractions):
         pc.probe.fraction = min(cfg.fractions)
@@ -339,6 +338,11 @@ class Grid:
         Before each cell that has work to do: ``cell i/N: ... (elapsed, ETA)``, the ETA from
         the mean time of the cells run so far (finished cells skipped in this run cost nothing).
         """
+        with outputs.run_folder(self.out, "experiment", resume=True, inputs=[self.cfg.data],
+                                keep=lambda p: (p / "cells").exists() or (p / "pretrain").exists()):
+            return self._run(title, note)
+
+    def _run(self, title: str, note: str) -> dict[str, Path]:
         run_dir = RunDir.create(self.out, self.cfg, self.cfg.seeds[0],
                                 extra={"task": "experiment", "data_id": self.data})
         todo = self.cells()
@@ -387,7 +391,8 @@ def run(cfg: ExperimentConfig, only_table: bool = False, title: str = "", note: 
     grid = Grid(cfg, log)
     _check(cfg)
     if only_table:
-        return grid.tables(title, note)
+        with outputs.run_folder(grid.out, "experiment", resume=True, inputs=[cfg.data]):
+            return grid.tables(title, note)
     return grid.run(title, note)
 
 
@@ -399,10 +404,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="rebuild the tables, plot and report.html from finished cells; run nothing")
 
 
+def failed_cells(cfg: ExperimentConfig) -> list[CellResult]:
+    """The cells of ``cfg`` whose last run failed (they have an ``error.txt``)."""
+    return [r for r in Grid(cfg, log=lambda m: None).results() if r.status == "failed"]
+
+
+def exit_status(cfg: ExperimentConfig) -> int:
+    """0 when no cell failed, else 1 with one line saying which (their error.txt has the traceback)."""
+    failed = failed_cells(cfg)
+    if failed:
+        _log.error(f"error: {len(failed)} cell(s) failed, e.g. {Path(cfg.out) / failed[0].path}/error.txt: "
+                   f"{failed[0].error}")
+    return 1 if failed else 0
+
+
 def main(args: argparse.Namespace) -> int:
     """Run ``glcnet experiment``; returns the exit status."""
     cfg = config_from_args(ExperimentConfig, args, {})
     paths = run(cfg, only_table=args.only_table)
     print(paths["md"].read_text())
     print(f"report: {paths['html']}  (also results.md, results.csv, {paths['png'].name})")
-    return 0
+    return exit_status(cfg)

@@ -20,15 +20,21 @@ from typing import Any
 
 import torch
 
-from glcnet.config import EvalConfig, to_dict
+from glcnet import outputs
+from glcnet.config import EvalConfig, check_values, to_dict
 from glcnet.errors import GlcnetError
 from glcnet.finetune.metrics import compute_metrics, confusion_matrix
 from glcnet.finetune.page import PAGE_SCENES, evaluation_page, file_uri, scene_images
-from glcnet.finetune.predict import add_inference_args, inference_fn, resolve_device
+from glcnet.finetune.predict import (
+    add_inference_args,
+    check_like_training,
+    inference_fn,
+    parse_value_range,
+    resolve_device,
+)
 from glcnet.finetune.report import class_map_png, display_step, scene_figure, write_report
 from glcnet.finetune.sliding import check_window, count_windows, sliding_classes
 from glcnet.finetune.weights import load_model
-from glcnet.utils.atomic import atomic_dir
 from glcnet.utils.progress import bar, duration, log
 
 
@@ -40,24 +46,39 @@ def _check_match(ckpt: dict[str, Any], ds: Any, path: Path) -> None:
 
 
 def run(ckpt: str | Path, data: str | Path | None = None, split: str = "test", cfg: EvalConfig | None = None,
-        out: str | Path | None = None, device: str = "auto", progress: bool = True) -> dict[str, Any]:
+        out: str | Path | None = None, device: str = "auto", progress: bool = True, overwrite: bool = False,
+        value_range: str | None = None) -> dict[str, Any]:
     """Evaluate ``ckpt`` (model.pt) on the ``split`` scenes of ``data``; write the report when ``out``.
 
-    ``data`` defaults to the data set the model was fine-tuned on. Returns the metrics dict
-    (``oa``, ``kappa``, ``miou``, ``mean_f1``, ``per_class``, ``confusion``, ``scenes``, [``isprs``]).
+    ``data`` defaults to the data set the model was fine-tuned on (its absolute path in
+    model.pt). Scenes are scaled with the model's value range after checking that the data
+    set's values are like the model's training data, or with ``value_range`` (``"LO,HI"``).
+    Returns the metrics dict (``oa``, ``kappa``, ``miou``, ``mean_f1``, ``per_class``,
+    ``confusion``, ``scenes``, [``isprs``]).
     """
     from glcnet.data.prepared import PreparedDataset, SceneDataset
 
     cfg = cfg or EvalConfig()
+    check_values(cfg, flag=True)
     check_window(cfg.window, cfg.stride)
+    dev = resolve_device(device)
     model, meta = load_model(ckpt)
-    data = data or meta.get("data")
     if not data:
-        raise GlcnetError(f"{ckpt}: no data set recorded in the checkpoint; pass --data")
+        data = meta.get("data")
+        if not data:
+            raise GlcnetError(f"{ckpt}: no data set recorded in the model; pass --data PREPARED")
+        if not Path(data).is_dir():
+            raise GlcnetError(f"{ckpt}: the data set it was fine-tuned on, {data}, is not there; "
+                              "pass --data PREPARED")
     ds = PreparedDataset(data)
     _check_match(meta, ds, Path(ckpt))
+    vr = parse_value_range(value_range, ds.in_channels)
+    if vr is None:
+        check_like_training(Path(data) / "dataset.json", meta, ds.meta.get("dtype", "uint8"), ds.value_range)
+    ds.meta["value_range"] = vr or meta["value_range"]  # scale as the model was trained
     scenes = SceneDataset(ds, split)
-    dev = resolve_device(device)
+    if out:
+        outputs.check(out, "evaluate", overwrite=overwrite, inputs=[ckpt, data])
     model_fn = inference_fn(model, dev)
     k, classes = ds.num_classes, ds.classes
     cm = torch.zeros(k, k, dtype=torch.int64)
@@ -68,7 +89,8 @@ def run(ckpt: str | Path, data: str | Path | None = None, split: str = "test", c
     total = sum(count_windows(i["height"], i["width"], cfg.window, cfg.stride) for i in sizes)
     shown: list[tuple[str, str, str | None, str]] = []  # scenes on report.html
     t0 = time.monotonic()
-    with (atomic_dir(out, overwrite=True) if out else contextlib.nullcontext()) as folder, \
+    with (outputs.new_folder(out, "evaluate", overwrite=overwrite, inputs=[ckpt, data]) if out
+          else contextlib.nullcontext()) as folder, \
             bar(total, f"evaluate {split}", unit="window", enabled=progress) as windows:
         if folder is not None:
             (folder / "pred").mkdir()
@@ -117,6 +139,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="prepared data set (default: the one the model was fine-tuned on)")
     parser.add_argument("--split", default="test", help="scenes to evaluate: test (default) or val")
     parser.add_argument("--out", help="report folder (default: CKPT_DIR/eval_SPLIT)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier report in --out")
     add_inference_args(parser)
     parser.add_argument("--no-isprs", action="store_true", help="skip the ISPRS-convention metrics")
 
@@ -126,7 +149,8 @@ def main(args: argparse.Namespace) -> int:
     cfg = EvalConfig(window=args.window, stride=args.stride, blend=args.blend, tta=args.tta,
                      batch_size=args.batch_size, isprs=not args.no_isprs)
     out = Path(args.out) if args.out else Path(args.ckpt).resolve().parent / f"eval_{args.split}"
-    m = run(args.ckpt, args.data, args.split, cfg, out, device=args.device)
+    m = run(args.ckpt, args.data, args.split, cfg, out, device=args.device, overwrite=args.overwrite,
+            value_range=args.value_range)
     print(f"{args.split}: OA {100 * m['oa']:.2f}  Kappa {100 * m['kappa']:.2f}  mIoU {100 * m['miou']:.2f}  "
           f"mean F1 {100 * m['mean_f1']:.2f}  ({m['pixels']} px)")
     if "isprs" in m:

@@ -3,7 +3,8 @@
 Fits the per-pixel linear classifiers of :mod:`glcnet.finetune.probe` on the frozen
 features of any checkpoint (``none``: a random initialisation of ``model.*`` with
 ``--seed``, the baseline) and scores them on the val scenes. Prints one line per layer
-and, with ``--out FILE.json``, writes the result (atomically).
+and, with ``--out FILE.json``, writes the result (atomically; an existing file only if an
+earlier ``glcnet probe`` wrote it, see :func:`glcnet.outputs.check_file`).
 """
 
 from __future__ import annotations
@@ -95,19 +96,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``glcnet probe``; returns the exit status."""
+    from glcnet import outputs
     from glcnet.config import PretrainConfig
     from glcnet.finetune.probe import summary_line
-    from glcnet.utils.atomic import write_json
 
     overrides = list(args.overrides) + ([f"probe.fraction={args.fraction}"] if args.fraction is not None else [])
     cfg = load_config(PretrainConfig, None, overrides)
     data = args.data or _data_of(args.ckpt)
     if not data:
         raise GlcnetError(f"{args.ckpt}: no data set recorded; pass --data PREPARED")
+    if args.out:  # before the probe's minutes of work: may the file be written?
+        outputs.check_file(args.out, "probe", inputs=[args.ckpt, data])
     device = "cuda" if torch.cuda.is_available() else "cpu"
     result = probe_checkpoint(args.ckpt, data, cfg.probe, cfg.model, args.seed, device)
     print(summary_line(result, f"probe of {result['init']} (fraction {cfg.probe.fraction:g})"))
     if args.out:
-        write_json(args.out, {**result, "probe": to_dict(cfg.probe)})
+        outputs.write_file(args.out, "probe", {**result, "probe": to_dict(cfg.probe)})
         print(f"written: {args.out}")
     return 0

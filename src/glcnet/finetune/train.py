@@ -26,11 +26,22 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, RandomSampler
 
-from glcnet.config import FinetuneConfig, add_config_args, config_from_args
-from glcnet.engine import build_trainer, loader_workers, resume_ckpt, seed_everything
+from glcnet import outputs
+from glcnet.config import FinetuneConfig, add_config_args, check_values, config_from_args
+from glcnet.engine import (
+    ConfigInCheckpoint,
+    build_trainer,
+    check_resume,
+    check_trainer,
+    fit,
+    has_checkpoint,
+    loader_workers,
+    resume_ckpt,
+    seed_everything,
+)
 from glcnet.errors import GlcnetError
 from glcnet.finetune.task import MONITOR, SegmentationTask, first
-from glcnet.finetune.weights import load_pretrained, model_checkpoint, summary
+from glcnet.finetune.weights import load_pretrained, model_checkpoint, resolve_init, summary
 from glcnet.models import DeepLab, build_model
 from glcnet.models.deeplab import PARTS
 from glcnet.runs import RunDir
@@ -90,10 +101,16 @@ def selected_val_metrics(run_dir: str | Path) -> dict[str, float]:
     return {k[len("val_"):]: float(v) for k, v in best.items() if k.startswith("val_")}
 
 
-def run(cfg: FinetuneConfig, resume: bool = False) -> Path:
-    """Fine-tune per ``cfg``; return the ``model.pt`` of the best validation epoch."""
+def run(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False) -> Path:
+    """Fine-tune per ``cfg``; return the ``model.pt`` of the best validation epoch.
+
+    Every check (values, device, data, init checkpoint, the checkpoint to resume and its
+    settings) runs before the run folder is claimed (glcnet.outputs).
+    """
     from glcnet.data.prepared import PreparedDataset, SceneDataset
 
+    check_values(cfg)
+    check_trainer(cfg.trainer)
     if not cfg.data:
         raise GlcnetError("finetune: no data set given (--data PREPARED or data: in the config)")
     if cfg.freeze not in FREEZE:
@@ -102,49 +119,68 @@ def run(cfg: FinetuneConfig, resume: bool = False) -> Path:
         raise GlcnetError(f"val_every: must be in 1..optim.epochs ({cfg.optim.epochs}), got {cfg.val_every}")
     ds = PreparedDataset(cfg.data)
     out = Path(cfg.out)
-    last = resume_ckpt(RunDir(out))
-    if last is not None and not resume:
-        raise GlcnetError(f"{out}: holds a previous run; continue it with --resume or choose another --out")
+    last = resume_ckpt(out)
     if resume and last is None:
         raise GlcnetError(f"{out}: nothing to resume (no checkpoints/last.ckpt)")
+    if resume and last is not None:
+        check_resume(last, "finetune", cfg)
+    hint = ("a finished fine-tuning is already there (--overwrite replaces it, or choose another --out)"
+            if (out / "model.pt").exists() else
+            "holds a previous run; continue it with --resume (or --overwrite to start again)"
+            if last is not None else "holds a fine-tuning that stopped before its first checkpoint "
+            "(--overwrite starts it again)")
     val = SceneDataset(ds, "val")  # model selection: val scenes only, never test
     seed_everything(cfg.seed)
     net = build_model(cfg.model, ds.in_channels, num_classes=ds.num_classes, mean=ds.mean, std=ds.std)
     report = load_pretrained(net, cfg.init, cfg.load, cfg.model)
-    log.info(summary(report))
     loader = _train_loader(cfg, ds)
-    run_dir = RunDir.create(out, cfg, cfg.seed, extra={"task": "finetune", "resumed_from": last})
-    write_json(out / "init.json", report)
     weights = class_weights(cfg.class_weights, (ds.meta.get("class_counts") or {}).get("train"))
-    frozen = () if cfg.freeze == "none" else PARTS[cfg.freeze]
-    task = SegmentationTask(net, cfg.optim, cfg.eval, ds.ignore_index, weights, frozen=frozen)
-    trainer = build_trainer(cfg.trainer, run_dir, cfg.optim.epochs, monitor=MONITOR, mode="max",
-                            early_stop=cfg.early_stop, check_val_every_n_epoch=cfg.val_every, label="finetune")
-    val_loader = DataLoader(val, batch_size=1, collate_fn=first, num_workers=0)
-    t0 = time.monotonic()
-    trainer.fit(task, loader, val_loader, ckpt_path=last if resume else None)
-    best = out / "checkpoints" / "best.ckpt"
-    if trainer.is_global_zero:
-        meta: dict[str, Any] = dict(model_cfg=cfg.model, bands=ds.bands, value_range=ds.value_range, classes=ds.classes,
-                    colors=ds.colors or [[0, 0, 0]] * ds.num_classes, ignore_index=ds.ignore_index)
-        extra = dict(data=str(cfg.data), init=report["init"], method=report.get("method"), fraction=cfg.fraction)
-        step = trainer.global_step
-        last_epoch = max(0, step - 1) // max(1, int(trainer.num_training_batches))  # 0-based, last epoch run
-        torch_save(model_checkpoint(net.cpu(), **meta, epoch=last_epoch, step=step, **extra), out / "model_last.pt")
-        if best.is_file():
-            score = next((c.best_model_score for c in trainer.checkpoint_callbacks
-                          if isinstance(c, ModelCheckpoint) and c.monitor == MONITOR), None)
-            epoch = _load_net(best, net)
-            selection: dict[str, Any] = dict(selected_on=MONITOR, best_score=None if score is None else float(score))
-        else:  # trainer.max_steps stopped training before the first validation (smoke runs)
-            log.warning(f"warning: no validation pass ran before trainer.max_steps={cfg.trainer.max_steps}; "
-                        "model.pt holds the last weights")
-            epoch, selection = last_epoch, dict(selected_on="last (no validation pass ran)", best_score=None)
-        torch_save(model_checkpoint(net, **meta, epoch=epoch, **selection, **extra), out / "model.pt")
-        score = selection["best_score"]
-        log.info("finetune: done, %d epochs, model.pt = epoch %d%s, in %s", last_epoch + 1, epoch + 1,
-                 "" if score is None else f" ({MONITOR} {score:.4f})", duration(time.monotonic() - t0))
+    with outputs.run_folder(out, "finetune", resume=resume, overwrite=overwrite, hint=hint, keep=has_checkpoint,
+                            inputs=[cfg.data, resolve_init(cfg.init)]):
+        log.info(summary(report))
+        run_dir = RunDir.create(out, cfg, cfg.seed,
+                                extra={"task": "finetune", "resumed_from": last if resume else None})
+        if outputs.rank() == 0:
+            write_json(out / "init.json", report)
+        frozen = () if cfg.freeze == "none" else PARTS[cfg.freeze]
+        task = SegmentationTask(net, cfg.optim, cfg.eval, ds.ignore_index, weights, frozen=frozen)
+        trainer = build_trainer(cfg.trainer, run_dir, cfg.optim.epochs, monitor=MONITOR, mode="max",
+                                early_stop=cfg.early_stop, check_val_every_n_epoch=cfg.val_every, label="finetune",
+                                callbacks=[ConfigInCheckpoint("finetune", cfg)])
+        val_loader = DataLoader(val, batch_size=1, collate_fn=first, num_workers=0)
+        t0 = time.monotonic()
+        fit(trainer, task, loader, val_loader, ckpt_path=last if resume else None)
+        if trainer.is_global_zero:
+            last_epoch, epoch, score = _export(cfg, ds, net, report, trainer, out)
+            log.info("finetune: done, %d epochs, model.pt = epoch %d%s, in %s", last_epoch + 1, epoch + 1,
+                     "" if score is None else f" ({MONITOR} {score:.4f})", duration(time.monotonic() - t0))
     return out / "model.pt"
+
+
+def _export(cfg: FinetuneConfig, ds: Any, net: DeepLab, report: dict[str, Any], trainer: Any,
+            out: Path) -> tuple[int, int, float | None]:
+    """``model_last.pt`` (last epoch) and ``model.pt`` (best validation epoch): the run's finished products.
+    Returns (last epoch, selected epoch, its score), 0-based."""
+    best = out / "checkpoints" / "best.ckpt"
+    meta: dict[str, Any] = dict(model_cfg=cfg.model, bands=ds.bands, value_range=ds.value_range, classes=ds.classes,
+                colors=ds.colors or [[0, 0, 0]] * ds.num_classes, ignore_index=ds.ignore_index)
+    init = report["init"] if report["init"] == "none" else str(Path(report["init"]).resolve())
+    extra = dict(data=str(Path(cfg.data).resolve()), init=init, method=report.get("method"), fraction=cfg.fraction,
+                 dtype=ds.meta.get("dtype"), nodata=ds.nodata)
+    step = trainer.global_step
+    last_epoch = max(0, step - 1) // max(1, int(trainer.num_training_batches))  # 0-based, last epoch run
+    torch_save(model_checkpoint(net.cpu(), **meta, epoch=last_epoch, step=step, **extra), out / "model_last.pt")
+    if best.is_file():
+        score = next((c.best_model_score for c in trainer.checkpoint_callbacks
+                      if isinstance(c, ModelCheckpoint) and c.monitor == MONITOR), None)
+        epoch = _load_net(best, net)
+        selection: dict[str, Any] = dict(selected_on=MONITOR, best_score=None if score is None else float(score))
+    else:  # trainer.max_steps stopped training before the first validation (smoke runs)
+        log.warning(f"warning: no validation pass ran before trainer.max_steps={cfg.trainer.max_steps}; "
+                    "model.pt holds the last weights")
+        epoch, selection = last_epoch, dict(selected_on="last (no validation pass ran)", best_score=None)
+    torch_save(model_checkpoint(net, **meta, epoch=epoch, **selection, **extra), out / "model.pt")
+    return last_epoch, epoch, selection["best_score"]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -160,6 +196,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Run ``glcnet finetune``; returns the exit status."""
     cfg = config_from_args(FinetuneConfig, args, {k: k for k in ("data", "out", "init", "fraction", "load", "freeze")})
-    path = run(cfg, resume=args.resume)
+    path = run(cfg, resume=args.resume, overwrite=args.overwrite)
     print(f"fine-tuned model (best {MONITOR} on the val scenes): {path}")
     return 0

@@ -44,8 +44,9 @@ from typing import Any
 
 import torch
 
+from glcnet import outputs
 from glcnet.errors import GlcnetError
-from glcnet.utils.atomic import atomic_path, write_json
+from glcnet.utils.atomic import atomic_path
 from glcnet.utils.progress import log
 
 FORMATS = ("smp", "timm", "torchgeo")
@@ -208,16 +209,17 @@ def export(run: str | Path, fmt: str, out: str | Path, part: str | None = None,
     meta_path = out.with_suffix(".json")
     if out.suffix == ".json":
         raise GlcnetError(f"{out}: the weights file needs another suffix than .json (e.g. .pt)")
-    for p in (out, meta_path):
-        if p.exists() and not overwrite:
-            raise GlcnetError(f"{p}: already exists (use --overwrite to replace it)")
     source = find_checkpoint(run)
+    # FILE.json says who wrote the pair (glcnet.outputs): only an earlier export is replaced, with --overwrite
+    outputs.check_file(meta_path, "export", inputs=[run, source], overwrite=overwrite)
+    if not meta_path.exists():  # no sidecar: a weights file under this name is not ours
+        outputs.check_file(out, "export", inputs=[run, source], overwrite=overwrite)
     ckpt = load_checkpoint(source)
     obj, desc = build(ckpt, fmt, part)
     tensors = obj["state_dict"] if fmt == "torchgeo" else obj
     with atomic_path(out) as tmp:
         torch.save(obj, tmp)
-    write_json(meta_path, sidecar(ckpt, source, fmt, desc, len(tensors)))
+    outputs.write_file(meta_path, "export", sidecar(ckpt, source, fmt, desc, len(tensors)))
     log.info("export %s: %d tensors (%s) of %s", fmt, len(tensors), desc["part"], source)
     return out, meta_path
 

@@ -8,7 +8,8 @@ Writes into the run directory:
 
     config.yaml, run.json, metrics.jsonl, logs/   (see glcnet.runs)
     checkpoints/last.ckpt                         full state for --resume
-    pretrained.pt                                 the network for fine-tuning (design.md)
+    pretrained.pt                                 the network for fine-tuning (design.md), written
+                                                  only when training has finished
 """
 
 from __future__ import annotations
@@ -25,8 +26,20 @@ from lightning.pytorch.callbacks import ThroughputMonitor
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch.utils.data import DataLoader
 
-from glcnet.config import PretrainConfig, add_config_args, config_from_args, to_dict
-from glcnet.engine import build_trainer, configure_optim, loader_workers, resume_ckpt, seed_everything
+from glcnet import outputs
+from glcnet.config import PretrainConfig, add_config_args, check_values, config_from_args, to_dict
+from glcnet.engine import (
+    ConfigInCheckpoint,
+    build_trainer,
+    check_resume,
+    check_trainer,
+    configure_optim,
+    fit,
+    has_checkpoint,
+    loader_workers,
+    resume_ckpt,
+    seed_everything,
+)
 from glcnet.errors import GlcnetError
 from glcnet.runs import RunDir
 from glcnet.ssl.base import SSLMethod
@@ -95,9 +108,6 @@ class PretrainTask(L.LightningModule):
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         return configure_optim(self.method.parameters(), self.cfg.optim)
 
-    def on_train_epoch_end(self) -> None:
-        self.export(epochs_done=self.current_epoch + 1)
-
     def export(self, epochs_done: int) -> Path:
         """Write ``pretrained.pt`` (rank 0 only, atomically) after ``epochs_done`` epochs."""
         path = self.out / "pretrained.pt"
@@ -147,28 +157,38 @@ def _probe_callbacks(cfg: PretrainConfig, ds: Any) -> list[Any]:
     return [ProbeCallback(DenseProbe.from_config(ds, cfg.probe), cfg.probe.every)]
 
 
-def run(cfg: PretrainConfig, resume: bool = False) -> Path:
-    """Pretrain ``cfg.method.name`` on ``cfg.data``; return the path of ``pretrained.pt``."""
+def run(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False) -> Path:
+    """Pretrain ``cfg.method.name`` on ``cfg.data``; return the path of ``pretrained.pt``.
+
+    Every check (config values, device, data, the checkpoint to resume and its settings)
+    runs before the run folder is claimed (glcnet.outputs), so a refused run writes nothing.
+    """
     from glcnet.data.prepared import PreparedDataset
     from glcnet.ssl import build_method
 
+    check_values(cfg)
+    check_trainer(cfg.trainer)
     if not cfg.data:
         raise GlcnetError("pretrain: no data set given (--data PREPARED or data: in the config)")
     keep_freed_memory()  # views batch after batch without page faults; inherited by the DataLoader workers
     ds = PreparedDataset(cfg.data)
     out = Path(cfg.out)
-    last = resume_ckpt(RunDir(out))
-    if (out / "pretrained.pt").exists() and not resume and last is None:
-        raise GlcnetError(f"{out}: a finished run is already there (choose another --out)")
-    if last is not None and not resume:
-        raise GlcnetError(f"{out}: holds an unfinished run; continue it with --resume or choose another --out")
+    last = resume_ckpt(out)
     if resume and last is None:
         raise GlcnetError(f"{out}: nothing to resume (no checkpoints/last.ckpt)")
+    if last is not None and resume:
+        check_resume(last, "pretrain", cfg)
+    hint = ("a finished pretraining is already there (--overwrite replaces it, or choose another --out)"
+            if (out / "pretrained.pt").exists() else
+            "holds an unfinished pretraining; continue it with --resume (or --overwrite to start again)"
+            if last is not None else "holds a pretraining that stopped before its first checkpoint "
+            "(--overwrite starts it again)")
     seed_everything(cfg.seed)
-    run_dir = RunDir.create(out, cfg, cfg.seed, extra={"task": "pretrain", "resumed_from": last})
     method = build_method(cfg, ds.in_channels, ds.mean, ds.std)
     if cfg.trainer.channels_last:
         method = method.to(memory_format=torch.channels_last)
+    loader = _pool_loader(cfg, ds)
+    callbacks = [throughput_monitor(cfg), *_probe_callbacks(cfg, ds)]
     export = {
         "kind": "pretrained",
         "method": cfg.method.name,
@@ -178,18 +198,22 @@ def run(cfg: PretrainConfig, resume: bool = False) -> Path:
         "mean": list(map(float, ds.mean)),
         "std": list(map(float, ds.std)),
         "value_range": [list(map(float, r)) for r in ds.value_range],
+        "nodata": ds.nodata,
     }
-    task = PretrainTask(method, cfg, export, out)
-    loader = _pool_loader(cfg, ds)
-    trainer = build_trainer(cfg.trainer, run_dir, max_epochs=cfg.optim.epochs,
-                            find_unused_parameters=method.find_unused_parameters,
-                            callbacks=[throughput_monitor(cfg), *_probe_callbacks(cfg, ds)],
-                            label=f"pretrain {cfg.method.name}")
-    t0 = time.monotonic()
-    log.info("pretrain %s: %d tiles, %d epochs%s -> %s", cfg.method.name, len(cast(Sized, loader.dataset)),
-             cfg.optim.epochs, " (resumed)" if resume else "", out)
-    trainer.fit(task, loader, ckpt_path=last if resume else None)
-    path = task.export(epochs_done=trainer.current_epoch)  # also covers a max_steps stop mid-epoch
+    with outputs.run_folder(out, "pretrain", resume=resume, overwrite=overwrite, inputs=[cfg.data], hint=hint,
+                            keep=has_checkpoint):
+        run_dir = RunDir.create(out, cfg, cfg.seed,
+                                extra={"task": "pretrain", "resumed_from": last if resume else None})
+        task = PretrainTask(method, cfg, export, out)
+        trainer = build_trainer(cfg.trainer, run_dir, max_epochs=cfg.optim.epochs,
+                                find_unused_parameters=method.find_unused_parameters,
+                                callbacks=[*callbacks, ConfigInCheckpoint("pretrain", cfg)],
+                                label=f"pretrain {cfg.method.name}")
+        t0 = time.monotonic()
+        log.info("pretrain %s: %d tiles, %d epochs%s -> %s", cfg.method.name, len(cast(Sized, loader.dataset)),
+                 cfg.optim.epochs, " (resumed)" if resume else "", out)
+        fit(trainer, task, loader, ckpt_path=last if resume else None)
+        path = task.export(epochs_done=trainer.current_epoch)  # also covers a max_steps stop mid-epoch
     loss = trainer.callback_metrics.get("train/loss_epoch", trainer.callback_metrics.get("train/loss"))
     log.info("pretrain %s: done, %d steps, loss %s, in %s", cfg.method.name, trainer.global_step,
              "-" if loss is None else f"{float(loss):.4g}", duration(time.monotonic() - t0))
@@ -206,6 +230,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Run ``glcnet pretrain``; returns the exit status."""
     cfg = config_from_args(PretrainConfig, args, {"data": "data", "out": "out", "method": "method.name"})
-    path = run(cfg, resume=args.resume)
+    path = run(cfg, resume=args.resume, overwrite=args.overwrite)
     print(f"pretrained weights: {path}")
     return 0

@@ -98,7 +98,8 @@ class ViewGenerator:
             raise GlcnetError(f"views.rgb_bands {tuple(cfg.rgb_bands)}: images have only {c} bands "
                               "(set views.rgb_bands=null for non-RGB data)")
         p = draw_params(cfg, b, c, height, width, g)
-        view1, view2 = self.renderer(images)(images, p, cfg.size)
+        with torch.autocast(images.device.type, enabled=False):  # views in float32, also in a mixed-precision step
+            view1, view2 = self.renderer(images)(images, p, cfg.size)
         dev = images.device
         return Views(view1, view2, p["box1"].to(dev), p["box2"].to(dev), p["hflip"].to(dev),
                      p["vflip"].to(dev), p["rot"].to(dev), cfg.size)

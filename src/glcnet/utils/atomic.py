@@ -1,11 +1,14 @@
-"""Atomic outputs: write to a temporary name next to the target, then rename.
+"""Atomic outputs: write to a temporary name next to the target, flush to disk, then rename.
 
-A crash (or Ctrl-C) never leaves a half-written file or folder under the final name.
+A crash, a full disk or an interruption never leaves a half-written file or folder under
+the final name: the temporary lives in the target's own folder (so the rename is atomic,
+never a cross-device copy), is fsynced before the rename, and is removed on any error.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -21,56 +24,115 @@ def _umask() -> int:
     return mask
 
 
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Make a rename in ``folder`` durable (best effort: some file systems refuse)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def makedirs(path: str | os.PathLike) -> list[Path]:
+    """``mkdir -p path``; returns the folders it created, outermost first (to undo on failure)."""
+    path = Path(path)
+    missing = [p for p in [path, *path.parents] if not p.exists()][::-1]
+    for p in missing:
+        p.mkdir(exist_ok=True)
+    return missing
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove the folders :func:`makedirs` created, innermost first, where they are still empty."""
+    for p in reversed(folders):
+        with contextlib.suppress(OSError):
+            p.rmdir()
+
+
+def _name_final(e: BaseException, tmp: Path, final: Path) -> None:
+    """An OSError about the temporary name names the final one (what the user asked for)."""
+    if isinstance(e, OSError) and e.filename and str(e.filename).startswith(str(tmp)):
+        e.filename = str(final) + str(e.filename)[len(str(tmp)):]
+        e.strerror = f"{e.strerror} (nothing was written under this name)"
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``final``; rename it to ``final`` on success.
 
-    On any exception the temporary folder is removed and ``final`` is untouched.
-    With ``overwrite`` an existing ``final`` is replaced only after the new one is complete.
+    On any exception (also an interruption) the temporary folder is removed and ``final``
+    is untouched. With ``overwrite`` an existing ``final`` is replaced only after the new
+    one is complete. Who may replace what is decided by :mod:`glcnet.outputs`, not here.
     """
     final = Path(final)
     if final.exists() and not overwrite:
         from glcnet.errors import GlcnetError
 
         raise GlcnetError(f"{final}: output already exists (use --overwrite to replace it)")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    created = makedirs(final.parent)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    except BaseException:
+        remove_empty(created)
+        raise
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; the result should be an ordinary folder
     try:
         yield tmp
-    except BaseException:
+        fsync_dir(tmp)
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        fsync_dir(final.parent)
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        remove_empty(created)
+        _name_final(e, tmp, final)
         raise
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
 
 
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary file path beside ``final``; rename it to ``final`` on success."""
+    """Yield a temporary file path beside ``final``; fsync and rename it to ``final`` on success."""
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{final.name}.tmp-", suffix=final.suffix, dir=final.parent)
+    created = makedirs(final.parent)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{final.name}.tmp-", suffix=final.suffix, dir=final.parent)
+    except BaseException:
+        remove_empty(created)
+        raise
     os.close(fd)
     tmp = Path(name)
     tmp.chmod(0o666 & ~_umask())  # mkstemp makes 0600; the result should be an ordinary file
     try:
         yield tmp
-    except BaseException:
+        if tmp.is_file():  # the body may have written it through another library
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        remove_empty(created)
+        if isinstance(e, OSError) and not e.filename:  # a failed write() names no file: it was this one
+            e.filename, e.strerror = str(final), f"{e.strerror} (nothing was written under this name)"
+        _name_final(e, tmp, final)
         raise
-    os.replace(tmp, final)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Atomically write ``data`` to ``path`` (a full disk raises ``OSError`` and leaves no file)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Atomically write ``text`` to ``path``."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    write_bytes(path, text.encode())
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -79,8 +141,13 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """Atomically ``torch.save`` ``obj`` to ``path``."""
+    """Atomically ``torch.save`` ``obj`` to ``path``.
+
+    Serialised in memory first, so that a write error is a plain ``OSError`` (ENOSPC, EFBIG)
+    rather than torch's zip writer's ``RuntimeError``.
+    """
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes(path, buf.getvalue())

@@ -1,0 +1,598 @@
+"""Faults over every command: a user's work is never lost, and every refusal is one line.
+
+Grouped by the classes of issue 13: (1) an output never destroys what it did not create,
+(2) signals and exit statuses tell the truth, (3) faults of the disk and of our own files,
+(4) input values that lie, (5) the documented syntax works. Each case asserts the exit
+status, the one line naming the file or setting, and that no file that existed before
+changed (hashes of the folders before and after).
+
+Most cases run the real entry point in-process (``glcnet.cli.main``) on a tiny synthetic
+data set and tiny runs made once per module; the signal and disk-full cases run the CLI
+in subprocesses, because they need real signals and a real file-size limit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from PIL import Image
+
+from glcnet.cli import main as cli_main
+from glcnet.data.synthetic import BANDS, CLASSES, generate_scenes
+from glcnet.utils.atomic import torch_save
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")]
+TINY = ["model.encoder=tu-mobilenetv3_small_050", "model.aspp_channels=16", "trainer.num_workers=0",
+        "trainer.progress=false", "trainer.batch_size=4"]
+PRE = ["--config", "pretrain_cpu", *TINY, "views.size=32", "method.patch_size=8", "trainer.log_every=1",
+       "optim.epochs=1"]
+FT = ["--config", "finetune_cpu", "--fraction", "1.0", *TINY, "crop=64", "optim.epochs=1", "eval.window=64",
+      "eval.stride=64"]
+HAS_GPU = torch.cuda.is_available()
+
+
+# ----------------------------------------------------------------------------- helpers
+def snapshot(*roots: Path) -> dict[str, str]:
+    """Every file (sha1) and folder under ``roots``: what a refused command must leave as it was."""
+    out: dict[str, str] = {}
+    for root in map(Path, roots):
+        if root.is_file():
+            out[str(root)] = hashlib.sha1(root.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*")) if root.is_dir() else []:
+            out[str(p)] = hashlib.sha1(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+    return out
+
+
+def run(capsys, *args) -> tuple[int, str, str]:
+    capsys.readouterr()
+    rc = cli_main([str(a) for a in args])
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def refused(capsys, args, *needles, watch=(), rc=2) -> str:
+    """Run ``glcnet ARGS``: exit status ``rc``, exactly one line on stderr naming ``needles``, and
+    nothing under ``watch`` changed. Returns the line."""
+    before = snapshot(*watch)
+    code, _, err = run(capsys, *args)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == rc, f"exit {code}, expected {rc}: {err}"
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for n in needles:
+        assert str(n) in lines[0], f"{n!r} not in {lines[0]!r}"
+    assert snapshot(*watch) == before, "a file that existed before was changed"
+    return lines[0]
+
+
+def leftovers(folder: Path) -> list[Path]:
+    """Temporary files or folders of atomic writes (``.NAME.tmp-*``, ``.NAME.old-*``)."""
+    return [p for p in folder.rglob(".*") if ".tmp-" in p.name or ".old-" in p.name]
+
+
+def copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def write_tif(path: Path, arr: np.ndarray, nodata=None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(path, "w", driver="GTiff", count=arr.shape[0], height=arr.shape[1], width=arr.shape[2],
+                       dtype=arr.dtype, nodata=nodata) as dst:
+        dst.write(arr)
+    return path
+
+
+def cli_process(*args, **popen) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "glcnet.cli", *map(str, args)], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not path.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert path.exists(), f"{path} did not appear: {proc.communicate()[1] if proc.poll() is not None else ''}"
+
+
+@pytest.fixture(scope="module")
+def w(tmp_path_factory, one_thread) -> SimpleNamespace:
+    """A tiny prepared data set (5 synthetic 128 px scenes, 64 px tiles), a pretraining run and a
+    fine-tuning run of a 0.3 M-parameter DeepLabv3+, made once for the module."""
+    root = tmp_path_factory.mktemp("faults")
+    raw = generate_scenes(root / "raw", n_scenes=5, n_unlabeled=1, size=128, seed=0)
+    prep, pre, ft = root / "prep", root / "pre", root / "ft"
+    assert cli_main(["prepare", "generic", "--src", str(raw), "--out", str(prep), "--unlabeled", str(raw / "unlabeled"),
+                     "--classes", ",".join(CLASSES), "--bands", ",".join(BANDS), "--tile-size", "64",
+                     "--split-ratios", "0.6,0.2,0.2", "--fractions", "0.5,1.0"]) == 0
+    assert cli_main(["pretrain", *PRE, "--data", str(prep), "--out", str(pre)]) == 0
+    assert cli_main(["finetune", *FT, "--data", str(prep), "--init", str(pre), "--out", str(ft)]) == 0
+    return SimpleNamespace(root=root, raw=raw, prep=prep, pre=pre, ft=ft, model=ft / "model.pt")
+
+
+def world(w) -> list[Path]:
+    return [w.raw, w.prep, w.pre, w.ft]
+
+
+# ============================================================================= 1. outputs
+def test_evaluate_into_the_run_it_evaluates_is_refused(w, capsys):
+    refused(capsys, ["evaluate", "--ckpt", w.model, "--out", w.ft, "--window", "64", "--stride", "64"],
+            w.ft, "input", watch=world(w))
+
+
+def test_evaluate_report_is_replaced_only_with_overwrite(w, capsys, tmp_path):
+    out = tmp_path / "report"
+    args = ["evaluate", "--ckpt", w.model, "--out", out, "--window", "64", "--stride", "64"]
+    assert run(capsys, *args)[0] == 0
+    refused(capsys, args, out, "--overwrite", watch=[tmp_path, *world(w)])
+    (out / "metrics.md").write_text("edited")
+    assert run(capsys, *args, "--overwrite")[0] == 0
+    assert "Kappa" in (out / "metrics.md").read_text() and not leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("command", ["evaluate", "prepare", "pretrain", "finetune", "predict", "experiment", "demo"])
+def test_foreign_non_empty_folder_is_never_written(w, capsys, tmp_path, command):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    args = {
+        "evaluate": ["evaluate", "--ckpt", w.model, "--out", mine, "--overwrite"],
+        "prepare": ["prepare", "generic", "--src", w.raw, "--out", mine, "--overwrite"],
+        "pretrain": ["pretrain", *PRE, "--data", w.prep, "--out", mine, "--overwrite"],
+        "finetune": ["finetune", *FT, "--data", w.prep, "--out", mine, "--overwrite"],
+        "predict": ["predict", "--ckpt", w.model, w.raw / "images" / "scene_00.tif", "--out", mine, "--overwrite"],
+        "experiment": ["experiment", "--config", "experiment_cpu", f"data={w.prep}", f"out={mine}", "fractions=[1.0]"],
+        "demo": ["demo", "--quick", "--data", w.prep, "--out", mine],
+    }[command]
+    refused(capsys, args, mine, "not made by glcnet", watch=[tmp_path, *world(w)])
+
+
+@pytest.mark.parametrize("command", ["evaluate", "prepare", "pretrain", "predict", "experiment"])
+def test_output_of_another_command_is_not_replaced_even_with_overwrite(w, capsys, command):
+    args = {
+        "evaluate": ["evaluate", "--ckpt", w.model, "--out", w.pre, "--overwrite"],
+        "prepare": ["prepare", "generic", "--src", w.raw, "--out", w.ft, "--overwrite"],
+        "pretrain": ["pretrain", *PRE, "--data", w.prep, "--out", w.ft, "--overwrite"],
+        "predict": ["predict", "--ckpt", w.model, w.raw / "images" / "scene_00.tif", "--out", w.pre],
+        "experiment": ["experiment", "--config", "experiment_cpu", f"data={w.prep}", f"out={w.pre}", "fractions=[1.0]"],
+    }[command]
+    refused(capsys, args, "holds the output of glcnet", watch=world(w))
+
+
+def test_prepare_never_replaces_its_source(w, capsys, tmp_path):
+    refused(capsys, ["prepare", "generic", "--src", w.raw, "--out", w.raw, "--overwrite"], "is the input",
+            watch=[w.raw])
+    refused(capsys, ["prepare", "generic", "--src", w.raw / "images", "--out", w.raw, "--overwrite"],
+            "contains the input", watch=[w.raw])
+
+
+def test_prepare_replaces_its_own_output_with_overwrite(w, capsys, tmp_path):
+    out = copy(w.prep, tmp_path / "prep")
+    args = ["prepare", "generic", "--src", w.raw, "--out", out, "--tile-size", "64", "--fractions", "1.0"]
+    refused(capsys, args, "--overwrite", watch=[out])
+    assert run(capsys, *args, "--overwrite")[0] == 0
+    assert json.loads((out / "splits.json").read_text())["labelled"].keys() == {"1.0"} and not leftovers(tmp_path)
+
+
+def test_finetune_never_writes_into_its_init_run(w, capsys):
+    refused(capsys, ["finetune", *FT, "--data", w.prep, "--init", w.pre, "--out", w.pre], "input", watch=world(w))
+
+
+def test_pretrain_into_the_data_set_is_refused(w, capsys):
+    refused(capsys, ["pretrain", *PRE, "--data", w.prep, "--out", w.prep], "is the input", watch=world(w))
+
+
+def test_predict_adds_to_its_folder_but_replaces_maps_only_with_overwrite(w, capsys, tmp_path):
+    out = tmp_path / "maps"
+    scene = w.raw / "images" / "scene_00.tif"
+    base = ["predict", "--ckpt", w.model, "--out", out, "--window", "64", "--stride", "64", "--no-progress"]
+    assert run(capsys, *base, scene)[0] == 0
+    assert run(capsys, *base, w.raw / "images" / "scene_01.tif")[0] == 0  # another input: added
+    refused(capsys, [*base, scene], "scene_00_pred", "--overwrite", watch=[tmp_path, *world(w)])
+    assert run(capsys, *base, scene, "--overwrite")[0] == 0
+
+
+@pytest.mark.parametrize("command", ["benchmark", "probe"])
+def test_json_outputs_never_replace_a_foreign_file(w, capsys, tmp_path, command):
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"mine": true}')
+    args = {"benchmark": ["benchmark", "views", "--json", notes],
+            "probe": ["probe", "--ckpt", "none", "--data", w.prep, "--fraction", "1.0", "--out", notes]}[command]
+    refused(capsys, args, notes, "not written by glcnet", watch=[tmp_path, *world(w)])
+
+
+def test_export_never_replaces_an_input_or_a_foreign_file(w, capsys, tmp_path):
+    refused(capsys, ["export", w.ft, "--format", "smp", "--out", w.model, "--overwrite"], w.model, "is the input",
+            watch=world(w))
+    mine = tmp_path / "weights.pt"
+    mine.write_bytes(b"my own weights")
+    refused(capsys, ["export", w.ft, "--format", "smp", "--out", mine, "--overwrite"], mine, "not written by glcnet",
+            watch=[tmp_path, *world(w)])
+
+
+def test_out_that_is_a_file_is_refused(w, capsys, tmp_path):
+    f = tmp_path / "run"
+    f.write_text("not a folder")
+    refused(capsys, ["pretrain", *PRE, "--data", w.prep, "--out", f], f, "is a file", watch=[tmp_path])
+
+
+def test_resume_and_overwrite_together_are_refused(w, capsys, tmp_path):
+    pre = copy(w.pre, tmp_path / "pre")
+    refused(capsys, ["pretrain", *PRE, "--data", w.prep, "--out", pre, "--resume", "--overwrite"],
+            "--resume", "--overwrite", watch=[tmp_path])
+
+
+# ============================================================================= 2. signals
+def test_sigterm_stops_pretraining_at_a_step_with_a_checkpoint_then_resume_finishes(w, capsys, tmp_path):
+    out = tmp_path / "pre"
+    args = ["pretrain", *PRE, "--data", w.prep, "--out", out, "optim.epochs=100", "trainer.num_workers=1"]
+    p = cli_process(*args)
+    wait_for(out / "checkpoints" / "last.ckpt", p)  # one epoch done: a worker, a step, a checkpoint
+    t0 = time.time()
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    stop_s = time.time() - t0
+    print(f"SIGTERM -> exit in {stop_s:.2f} s")
+    assert p.returncode == 143, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("interrupted by SIGTERM at epoch") and "checkpoint saved" in line and "--resume" in line
+    assert not (out / "pretrained.pt").exists(), "an unfinished run must not look finished"
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert f"step {ckpt['global_step']}" in line and not leftovers(tmp_path)
+    epochs = ckpt["epoch"] + 2
+    assert run(capsys, *args[:-2], f"optim.epochs={epochs}", "--resume")[0] == 0
+    assert torch.load(out / "pretrained.pt", weights_only=True)["epochs"] == epochs
+
+
+def test_sigint_stops_finetuning_without_a_model(w, tmp_path):
+    out = tmp_path / "ft"
+    p = cli_process("finetune", *FT, "--data", w.prep, "--out", out, "optim.epochs=100")
+    wait_for(out / "checkpoints" / "last.ckpt", p)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("interrupted by SIGINT")
+    assert not (out / "model.pt").exists() and not (out / "model_last.pt").exists()
+    assert (out / "checkpoints" / "last.ckpt").is_file() and not leftovers(tmp_path)
+
+
+def test_sigterm_stops_an_experiment_without_finishing_its_cell(w, tmp_path):
+    out = tmp_path / "exp"
+    ft = [f"finetune.{a}" for a in FT[4:]]
+    p = cli_process("experiment", "--config", "experiment_cpu", f"data={w.prep}", f"out={out}", "methods=[none]",
+                    "fractions=[1.0]", "seeds=[0]", *ft, "finetune.optim.epochs=100",
+                    "pretrain.model.encoder=tu-mobilenetv3_small_050", "pretrain.model.aspp_channels=16")
+    deadline = time.time() + 300
+    while not list(out.glob("cells/*/finetune/checkpoints/last.ckpt")) and p.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 143, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("interrupted by SIGTERM") and "continue with: glcnet experiment" in line
+    assert not list(out.glob("cells/*/result.json")) and list(out.glob("cells/*/finetune/checkpoints/last.ckpt"))
+
+
+def test_signal_outside_training_leaves_no_partial_report(w, capsys, tmp_path, monkeypatch):
+    import glcnet.finetune.evaluate as evaluate
+
+    def save_png_then_sigterm(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(evaluate, "save_png", save_png_then_sigterm)
+    out = tmp_path / "report"
+    code, _, err = run(capsys, "evaluate", "--ckpt", w.model, "--out", out, "--window", "64", "--stride", "64")
+    assert code == 143 and err.strip().splitlines()[-1].startswith("interrupted by SIGTERM")
+    assert not out.exists() and not leftovers(tmp_path)
+
+
+def test_experiment_with_a_failed_cell_exits_nonzero(w, capsys, tmp_path):
+    out = tmp_path / "exp"
+    code, _, err = run(capsys, "experiment", "--config", "experiment_cpu", f"data={w.prep}", f"out={out}",
+                       "methods=[none]", "fractions=[1.0]", "seeds=[0]", "finetune.crop=128")
+    assert code == 1 and "1 cell(s) failed" in err and "error.txt" in err and "crop 128" in err
+    assert list(out.glob("cells/*/error.txt"))
+
+
+# ============================================================================= 3. disk and own files
+def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(w, tmp_path):
+    pre = copy(w.pre, tmp_path / "pre")
+    before = snapshot(pre / "checkpoints")
+    limit = (pre / "checkpoints" / "last.ckpt").stat().st_size // 2  # the next checkpoint cannot be written
+
+    def small_disk():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    p = cli_process("pretrain", *PRE, "--data", w.prep, "--out", pre, "optim.epochs=2", "--resume",
+                    preexec_fn=small_disk)
+    _, err = p.communicate(timeout=300)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert p.returncode == 1, err
+    assert lines[-1].startswith("error: ") and "last.ckpt" in lines[-1] and "File too large" in lines[-1]
+    assert snapshot(pre / "checkpoints") == before and not leftovers(tmp_path)
+
+
+def test_full_disk_in_prepare_leaves_nothing(w, capsys, tmp_path, monkeypatch):
+    import errno
+
+    def full(path, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(np, "save", full)
+    out = tmp_path / "prep"
+    code, _, err = run(capsys, "prepare", "generic", "--src", w.raw, "--out", out, "--tile-size", "64")
+    assert code == 1 and err.strip().splitlines()[-1].startswith(f"error: {out}/images/")
+    assert "No space left on device" in err and not out.exists() and not leftovers(tmp_path)
+
+
+def test_full_disk_in_evaluate_leaves_nothing(w, capsys, tmp_path, monkeypatch):
+    import errno
+
+    import glcnet.utils.atomic as atomic
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(atomic, "write_bytes", full)
+    out = tmp_path / "report"
+    code, _, err = run(capsys, "evaluate", "--ckpt", w.model, "--out", out, "--window", "64", "--stride", "64")
+    assert code == 1 and "No space left on device" in err and not out.exists() and not leftovers(tmp_path)
+
+
+def test_resume_from_a_truncated_checkpoint_is_refused_before_touching_the_run(w, capsys, tmp_path):
+    pre = copy(w.pre, tmp_path / "pre")
+    last = pre / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    refused(capsys, ["pretrain", *PRE, "--data", w.prep, "--out", pre, "--resume"], last, "not a readable",
+            watch=[tmp_path])
+
+
+@pytest.mark.parametrize("change,key", [(["--method", "simclr"], "method.name"),
+                                        (["model.encoder=resnet18"], "model.encoder"),
+                                        (["views.size=64"], "views.size")])
+def test_pretrain_resume_with_other_settings_is_refused(w, capsys, tmp_path, change, key):
+    pre = copy(w.pre, tmp_path / "pre")
+    refused(capsys, ["pretrain", *PRE, "--data", w.prep, "--out", pre, "--resume", *change], pre, key,
+            "the run was started with", watch=[tmp_path])
+
+
+def test_finetune_resume_with_another_fraction_is_refused(w, capsys, tmp_path):
+    ft = copy(w.ft, tmp_path / "ft")
+    refused(capsys, ["finetune", *FT, "--data", w.prep, "--init", w.pre, "--out", ft, "--resume", "--fraction", "0.5"],
+            "fraction", watch=[tmp_path, *world(w)])
+
+
+def test_resume_of_nothing_creates_nothing(w, capsys, tmp_path):
+    refused(capsys, ["pretrain", *PRE, "--data", w.prep, "--out", tmp_path / "new", "--resume"], "nothing to resume",
+            watch=[tmp_path])
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_second_process_cannot_write_a_run_folder(w, capsys, tmp_path):
+    pre = copy(w.pre, tmp_path / "pre")
+    hold = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); "
+            "print('locked', flush=True); time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(pre)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        refused(capsys, ["pretrain", *PRE, "--data", w.prep, "--out", pre, "--resume", "optim.epochs=2"],
+                "another glcnet process", watch=[tmp_path])
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_unwritable_output_is_one_line_before_any_work(w, capsys, tmp_path):
+    refused(capsys, ["prepare", "generic", "--src", w.raw, "--out", "/sys/glcnet-test"], "/sys", "cannot be written")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    refused(capsys, ["evaluate", "--ckpt", w.model, "--out", blocker / "report"], "is a file", watch=[tmp_path])
+
+
+@pytest.mark.parametrize("args,key", [
+    (["pretrain", *PRE, "optim.lr=0"], "optim.lr"),
+    (["pretrain", *PRE, "optim.lr=.nan"], "optim.lr"),
+    (["pretrain", *PRE, "optim.epochs=-1"], "optim.epochs"),
+    (["finetune", *FT, "trainer.batch_size=0"], "trainer.batch_size"),
+    (["finetune", *FT, "--fraction", "0"], "fraction"),
+    (["evaluate", "--batch-size", "0"], "--batch-size"),
+    (["predict", "--window", "0"], "--window"),
+    (["prepare", "--tile-size", "0"], "tile size"),
+])
+def test_non_positive_numbers_are_one_line_and_leave_no_folder(w, capsys, tmp_path, args, key):
+    out = tmp_path / "out"
+    extra = {"pretrain": ["--data", w.prep], "finetune": ["--data", w.prep],
+             "evaluate": ["--ckpt", w.model], "predict": ["--ckpt", w.model, w.raw / "images" / "scene_00.tif"],
+             "prepare": ["generic", "--src", w.raw]}[args[0]]
+    refused(capsys, [args[0], *extra, *args[1:], "--out", out], key, watch=[tmp_path, *world(w)])
+    assert not out.exists()
+
+
+@pytest.mark.skipif(HAS_GPU, reason="checks the machine without a GPU")
+@pytest.mark.parametrize("command", ["pretrain", "finetune", "predict", "devices"])
+def test_gpu_asked_for_where_there_is_none(w, capsys, tmp_path, command):
+    out = tmp_path / "out"
+    args, says = {"pretrain": (["pretrain", *PRE, "--data", w.prep, "trainer.accelerator=gpu"], "no CUDA GPU"),
+                  "finetune": (["finetune", *FT, "--data", w.prep, "trainer.accelerator=gpu"], "no CUDA GPU"),
+                  "predict": (["predict", "--ckpt", w.model, w.raw / "images" / "scene_00.tif", "--device", "cuda"],
+                              "no CUDA GPU"),
+                  "devices": (["pretrain", *PRE, "--data", w.prep, "trainer.devices=4"], "no GPU")}[command]
+    refused(capsys, [*args, "--out", out], says, watch=[tmp_path])
+    assert not out.exists()
+
+
+# ============================================================================= 4. input values
+def _float_scenes(root: Path, nodata_tag) -> Path:
+    """Three 64 px float32 scenes of reflectance 0..1 with a -9999 no-data corner, index masks 0/1."""
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        img = rng.uniform(0, 1, (2, 64, 64)).astype(np.float32)
+        img[:, :16, :16] = -9999
+        write_tif(root / "images" / f"s{i}.tif", img, nodata=nodata_tag)
+        mask = (rng.uniform(size=(64, 64)) > 0.5).astype(np.uint8)
+        Image.fromarray(mask).save((root / "masks").mkdir(parents=True, exist_ok=True) or root / "masks" / f"s{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("how", ["tag", "--nodata"])
+def test_float_nodata_leaves_statistics_and_labels(capsys, tmp_path, how):
+    src = _float_scenes(tmp_path / "raw", -9999 if how == "tag" else None)
+    out = tmp_path / "prep"
+    extra = ["--nodata", "-9999"] if how == "--nodata" else []
+    assert run(capsys, "prepare", "generic", "--src", src, "--out", out, "--classes", "a,b", "--tile-size", "32",
+               "--split-ratios", "0.34,0.33,0.33", *extra)[0] == 0
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["nodata"] == [-9999.0, -9999.0]
+    for lo, hi in meta["value_range"]:
+        assert 0 <= lo < 0.05 and 0.95 < hi <= 1  # -9999 does not set the range
+    for m in meta["mean"]:
+        assert 0.45 < m < 0.55  # the mean of the valid pixels, not pulled to 0 by no-data
+    mask = np.load(out / "masks" / "s0.npy")
+    assert (mask[:16, :16] == 255).all() and (mask[16:] != 255).all()
+
+
+def test_nodata_outside_the_dtype_is_refused(capsys, tmp_path):
+    src = tmp_path / "raw"
+    write_tif(src / "images" / "a.tif", np.zeros((1, 64, 64), np.uint16))
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save((src / "masks").mkdir() or src / "masks" / "a.png")
+    refused(capsys, ["prepare", "generic", "--src", src, "--out", tmp_path / "p", "--nodata", "70000",
+                     "--classes", "a", "--tile-size", "32"], "--nodata", "uint16", watch=[tmp_path])
+
+
+def test_predict_refuses_a_uint16_raster_for_a_uint8_model_unless_told(w, capsys, tmp_path):
+    scene = write_tif(tmp_path / "u16.tif", np.full((4, 64, 64), 3000, np.uint16))
+    args = ["predict", "--ckpt", w.model, scene, "--out", tmp_path / "maps", "--window", "64", "--stride", "64",
+            "--no-progress"]
+    refused(capsys, args, scene, "uint16", "uint8", "--value-range", watch=[tmp_path, *world(w)])
+    assert not (tmp_path / "maps").exists()
+    assert run(capsys, *args, "--value-range", "0,65535")[0] == 0 and (tmp_path / "maps" / "u16_pred.tif").is_file()
+
+
+@pytest.fixture
+def float_model(w, tmp_path) -> Path:
+    """The module's model.pt, told it was trained on float32 reflectance 0..1 with no-data -9999."""
+    ckpt = torch.load(w.model, weights_only=True)
+    ckpt.update(dtype="float32", value_range=[[0.0, 1.0]] * 4, nodata=[-9999.0] * 4)
+    torch_save(ckpt, tmp_path / "float_model.pt")
+    return tmp_path / "float_model.pt"
+
+
+def test_predict_refuses_values_far_outside_the_models_range(w, capsys, tmp_path, float_model):
+    scene = write_tif(tmp_path / "dn.tif", np.full((4, 64, 64), 800, np.float32))  # digital numbers, not 0..1
+    refused(capsys, ["predict", "--ckpt", float_model, scene, "--out", tmp_path / "maps"], scene,
+            "far outside the model's range", watch=[tmp_path])
+
+
+def test_predict_writes_nodata_where_the_input_has_none(w, capsys, tmp_path, float_model):
+    arr = np.random.default_rng(0).uniform(0, 1, (4, 64, 64)).astype(np.float32)
+    arr[:, 40:, :20] = -5
+    scene = write_tif(tmp_path / "refl.tif", arr, nodata=-5)  # the input's own tag wins over the model's
+    assert run(capsys, "predict", "--ckpt", float_model, scene, "--out", tmp_path / "maps", "--window", "64",
+               "--stride", "64", "--probs", "--no-progress")[0] == 0
+    with rasterio.open(tmp_path / "maps" / "refl_pred.tif") as d:
+        pred = d.read(1)
+        assert d.nodata == 255
+    assert (pred[40:, :20] == 255).all() and (pred[:40] < 6).all()
+    with rasterio.open(tmp_path / "maps" / "refl_probs.tif") as d:
+        assert (d.read()[:, 40:, :20] == 0).all()
+
+
+def test_evaluate_refuses_a_data_set_of_another_dtype(w, capsys, tmp_path):
+    prep = copy(w.prep, tmp_path / "prep")
+    meta = json.loads((prep / "dataset.json").read_text())
+    (prep / "dataset.json").write_text(json.dumps({**meta, "dtype": "uint16", "value_range": [[0, 4095]] * 4}))
+    refused(capsys, ["evaluate", "--ckpt", w.model, "--data", prep], prep / "dataset.json", "uint16",
+            watch=[tmp_path, *world(w)])
+
+
+def test_model_records_its_data_set_by_absolute_path(w, capsys, tmp_path, monkeypatch):
+    ckpt = torch.load(w.model, weights_only=True)
+    assert Path(ckpt["data"]).is_absolute() and Path(ckpt["init"]).is_absolute()
+    monkeypatch.chdir(tmp_path)  # another working directory: the model still finds its data set
+    assert run(capsys, "evaluate", "--ckpt", w.model, "--out", "report", "--window", "64", "--stride", "64")[0] == 0
+    moved = dict(ckpt, data=str(tmp_path / "gone"))
+    torch_save(moved, tmp_path / "moved.pt")
+    refused(capsys, ["evaluate", "--ckpt", tmp_path / "moved.pt"], "gone", "is not there", "--data",
+            watch=[tmp_path])
+
+
+def _palette_scenes(root: Path, colors) -> Path:
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        write_tif(root / "images" / f"s{i}.tif", rng.integers(0, 255, (3, 64, 64), dtype=np.uint8))
+        idx = np.zeros((64, 64), np.uint8)
+        idx[:, 32:] = 1
+        im = Image.fromarray(idx, mode="P")
+        im.putpalette([v for c in colors for v in c] + [0] * (768 - 3 * len(colors)))
+        (root / "masks").mkdir(parents=True, exist_ok=True)
+        im.save(root / "masks" / f"s{i}.png")
+    return root
+
+
+def test_palette_png_colour_masks_decode_with_a_legend(capsys, tmp_path):
+    src = _palette_scenes(tmp_path / "raw", [(0, 0, 255), (255, 255, 0)])
+    legend = tmp_path / "legend.csv"
+    legend.write_text("name,r,g,b\nroad,255,255,0\nwater,0,0,255\n")
+    out = tmp_path / "prep"
+    assert run(capsys, "prepare", "generic", "--src", src, "--out", out, "--legend", legend, "--tile-size", "32",
+               "--split-ratios", "0.34,0.33,0.33")[0] == 0
+    mask = np.load(out / "masks" / "s0.npy")
+    assert (mask[:, :32] == 1).all() and (mask[:, 32:] == 0).all()  # by colour, not by palette index
+
+
+def test_ambiguous_legend_is_refused(capsys, tmp_path):
+    src = _palette_scenes(tmp_path / "raw", [(0, 0, 255), (255, 255, 0)])
+    legend = tmp_path / "legend.csv"
+    legend.write_text("road,255,255,0\nlane,255,255,0\nwater,0,0,255\n")
+    refused(capsys, ["prepare", "generic", "--src", src, "--out", tmp_path / "p", "--legend", legend],
+            legend, "(255, 255, 0)", "unambiguously", watch=[tmp_path])
+
+
+def test_binary_0_255_masks_without_threshold_are_refused(capsys, tmp_path):
+    src = tmp_path / "raw"
+    for i in range(3):
+        write_tif(src / "images" / f"s{i}.tif", np.zeros((3, 64, 64), np.uint8))
+        m = np.zeros((64, 64), np.uint8)
+        m[:, 40:] = 255
+        (src / "masks").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(m).save(src / "masks" / f"s{i}.png")
+    refused(capsys, ["prepare", "generic", "--src", src, "--out", tmp_path / "p", "--classes", "background,road",
+                     "--tile-size", "32"], "0 and 255", "--mask-threshold", watch=[tmp_path])
+    assert not (tmp_path / "p").exists()
+
+
+def test_empty_class_is_a_warning(capsys, tmp_path):
+    src = _palette_scenes(tmp_path / "raw", [(0, 0, 0), (1, 1, 1)])  # indices 0 and 1 only
+    code, _, err = run(capsys, "prepare", "generic", "--src", src, "--out", tmp_path / "p", "--classes", "a,b,ghost",
+                       "--tile-size", "32", "--split-ratios", "0.34,0.33,0.33")
+    assert code == 0 and "warning: class 'ghost' has no labelled pixel" in err
+
+
+# ============================================================================= 5. syntax
+def test_overrides_may_follow_options(w, capsys, tmp_path):
+    refused(capsys, ["pretrain", "--data", w.prep, "optim.lr=0", "--out", tmp_path / "x", "--method", "simclr"],
+            "optim.lr", watch=[tmp_path])
+
+
+def test_method_entries_with_overrides_parse_on_the_command_line(w, capsys, tmp_path):
+    out = tmp_path / "e"
+    base = ["experiment", "--config", "experiment_cpu", f"data={w.prep}", f"out={out}", "fractions=[1.0]",
+            "--only-table"]
+    methods = "methods=[glcnet,glcnet[method.lam=0.25],glcnet[method.patch_size=8,views.p_blur=0]]"  # as in the README
+    code, stdout, _ = run(capsys, *base, methods)
+    assert code == 0 and "GLCNet [method.lam=0.25]" in stdout and "[method.patch_size=8,views.p_blur=0]" in stdout
+    refused(capsys, [*base, "methods=[glcnet,glcnet[method.lam=2]]"], "method.lam", watch=[tmp_path])
