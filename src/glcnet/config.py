@@ -52,7 +52,7 @@ class ViewConfig:
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     rgb_bands: tuple[int, int, int] | None = (0, 1, 2)  # band indices of R,G,B; None: no HSV jitter
     in_loader: bool = False  # make the views in the DataLoader workers (CPU) instead of on the training device
-    cpu_chunk: int = 4  # float tiles on 1 CPU thread: samples per cache-sized sub-batch; 0 = all
+    cpu_chunk: int = 4  # float tiles on the CPU: samples per cache-sized sub-batch; 0 = all
 
 
 @dataclass

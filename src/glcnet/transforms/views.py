@@ -66,10 +66,12 @@ class ViewGenerator:
     Input: float tiles scaled to [0, 1], or uint8 tiles meaning ``value / 255`` (8-bit data;
     a quarter of the bytes to load and transfer), any band count, on any device; the
     renderer is chosen by dtype and device (module doc). Stateless, picklable (usable in
-    DataLoader workers, see :class:`ViewCollate`). Float tiles on one CPU thread are
-    rendered in sub-batches of ``cfg.cpu_chunk`` samples so intermediates stay in cache;
-    parameters are drawn for the whole batch first, so the result does not depend on the
-    chunking.
+    DataLoader workers, see :class:`ViewCollate`). On the CPU both renderers spend torch's
+    thread count across samples, one intra-op thread each (:mod:`glcnet.utils.threads`: no
+    collapse when other processes share the cores); float tiles there are rendered in
+    sub-batches of ``cfg.cpu_chunk`` samples so intermediates stay in cache. Parameters are
+    drawn for the whole batch first, so the result depends neither on the chunking nor on
+    the threads.
     """
 
     def __init__(self, cfg: ViewConfig):
