@@ -415,6 +415,22 @@ def test_cpu_views_do_not_depend_on_the_thread_count_and_restore_it(dtype):
         assert torch.allclose(out[1].view2, out[n].view2, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_views_and_patches_are_float32_exact_inside_autocast(dtype):
+    """A bf16 mixed-precision step must neither break the views nor round the patch boxes."""
+    x8 = torch.randint(0, 256, (4, 4, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    x = x8 if dtype == torch.uint8 else x8.float() / 255
+    gen = ViewGenerator(ViewConfig(size=48, p_jitter=1.0, p_blur=1.0))
+    ref = gen(x, torch.Generator().manual_seed(0))
+    ref_p = sample_patches(ref, 4, 12, torch.Generator().manual_seed(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = gen(x, torch.Generator().manual_seed(0))
+        got_p = sample_patches(got, 4, 12, torch.Generator().manual_seed(1))
+    assert got.view2.dtype == torch.float32 and torch.equal(got.view2, ref.view2)
+    for a, b in zip(ref_p, got_p):
+        assert torch.equal(a, b)
+
+
 def test_for_each_sample_hands_out_every_index_once_on_one_intra_op_thread():
     import threading
 

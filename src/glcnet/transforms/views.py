@@ -86,7 +86,13 @@ class ViewGenerator:
 
     @torch.no_grad()
     def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Views:
-        """Views of ``images`` [B, C, H, W] with parameters drawn from the CPU ``generator``."""
+        """Views of ``images`` [B, C, H, W] with parameters drawn from the CPU ``generator``;
+        float32 even inside a mixed-precision (autocast) step."""
+        device = images.device.type if isinstance(images, Tensor) else "cpu"
+        with torch.autocast(device, enabled=False):
+            return self._views(images, generator)
+
+    def _views(self, images: Tensor, generator: torch.Generator | None) -> Views:
         cfg, g = self.cfg, generator
         if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[0] == 0 \
                 or not (images.is_floating_point() or images.dtype == torch.uint8):
