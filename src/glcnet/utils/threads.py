@@ -1,7 +1,7 @@
 """Thread use of the per-sample CPU work (views), robust on a busy machine.
 
 torch runs each operator over ``torch.get_num_threads()`` OpenMP threads, with a barrier
-at its end. The CPU views (:mod:`glcnet.data.views_uint8`) run dozens of small operators
+at its end. The CPU views (:mod:`glcnet.transforms.render_uint8`) run dozens of small operators
 per sample; when other processes share the cores, every barrier waits for a descheduled
 thread and the views collapse (measured: 68.6 ms/sample on 2 threads under load average
 4.6 on 2 cores, against 2.6 ms on one thread). So that work runs on ONE intra-op thread
