@@ -115,13 +115,17 @@ class ViewGenerator:
 class ViewCollate:
     """``collate_fn`` for a DataLoader of ``{"image": [C, H, W]}`` samples: returns :class:`Views`.
 
-    Runs in the worker processes on the CPU with torch's global generator (seeded per
-    worker by the DataLoader, so ``torch.manual_seed`` in the main process fixes the views).
+    In DataLoader worker processes: torch's global generator, which the DataLoader seeds per
+    worker (and Lightning per worker and rank), so ``torch.manual_seed`` in the main process
+    fixes the views. In the main process (``num_workers=0``): ``generator`` (the training
+    task's per-rank generator, see :class:`glcnet.ssl.base.SSLMethod`), or the global one.
     """
 
-    def __init__(self, cfg: ViewConfig):
-        self.generator = ViewGenerator(cfg)
+    def __init__(self, cfg: ViewConfig, generator: torch.Generator | None = None):
+        self.views = ViewGenerator(cfg)
+        self.generator = generator
 
     def __call__(self, samples: list[dict[str, Tensor]]) -> Views:
         """Stack the samples' images and make their views."""
-        return self.generator(torch.stack([x["image"] for x in samples]))
+        in_worker = torch.utils.data.get_worker_info() is not None  # a worker's copy would repeat the stream
+        return self.views(torch.stack([x["image"] for x in samples]), None if in_worker else self.generator)
