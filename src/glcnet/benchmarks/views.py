@@ -55,7 +55,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patch-num", type=int, default=4)
     parser.add_argument("--patch-size", type=int, default=48)
     parser.add_argument("--device", default="cpu", help="device for ours: cpu, cuda, cuda:1 ...")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads for ours (default: torch's)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads for ours (default: torch's), spread over samples, one intra-op each")
     parser.add_argument("--processes", type=int, default=0, metavar="N",
                         help="also time both in N one-thread processes at once (DataLoader-worker style)")
     parser.add_argument("--background-load", type=int, default=0, metavar="N",
