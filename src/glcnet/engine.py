@@ -83,13 +83,13 @@ class RngState(Callback):
             seed_globals(rank_seed(self.seed, trainer.global_rank))
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        from glcnet.utils.dist import is_distributed
-
         mine = capture(getattr(pl_module, "generator", None))
         states: list[Any] = [mine]
-        if is_distributed():  # every rank builds the checkpoint dict; rank 0 writes it
-            states = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(states, mine)
+        dist = torch.distributed
+        if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+            # every rank builds the checkpoint dict (at once); rank 0 writes it
+            states = [None] * dist.get_world_size()
+            dist.all_gather_object(states, mine)
         checkpoint["rng"] = {"ranks": states}
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
