@@ -103,7 +103,7 @@ class TrainerConfig:
     devices: str = "auto"  # "auto", "1", "4", ...
     num_nodes: int = 1
     strategy: str = "auto"  # "auto" or "ddp"; torchrun / SLURM are detected by Lightning
-    sync_batchnorm: bool | None = None  # batch norm over the global batch; null (auto): on for DDP over GPUs, off on CPU
+    sync_batchnorm: bool | None = None  # batch norm over the global batch; null: on for DDP over GPUs, off on CPU
     precision: str = "32-true"  # "16-mixed" / "bf16-mixed" on GPU
     batch_size: int = 256  # per device (process); the global batch is batch_size x devices x num_nodes
     num_workers: int = 4
