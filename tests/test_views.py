@@ -396,18 +396,66 @@ def test_generator_reproducible_and_bad_input():
         ViewGenerator(ViewConfig(p_blur=2.0))
 
 
-def test_uint8_path_does_not_depend_on_the_thread_count():
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_cpu_views_do_not_depend_on_the_thread_count_and_restore_it(dtype):
     x8 = torch.randint(0, 256, (6, 5, 40, 44), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    gen = ViewGenerator(ViewConfig(size=32, p_jitter=1.0, p_gray=0.3, p_blur=1.0))
+    x = x8 if dtype == torch.uint8 else x8.float() / 255
+    gen = ViewGenerator(ViewConfig(size=32, p_jitter=1.0, p_gray=0.3, p_blur=1.0, rgb_bands=(0, 1, 2)))
     threads = torch.get_num_threads()
+    out = {}
     try:
-        torch.set_num_threads(1)
-        one = gen(x8, torch.Generator().manual_seed(0))
-        torch.set_num_threads(2)
-        two = gen(x8, torch.Generator().manual_seed(0))
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            out[n] = gen(x, torch.Generator().manual_seed(0))
+            assert torch.get_num_threads() == n  # the caller's (training) threads are back
     finally:
         torch.set_num_threads(threads)
-    assert torch.allclose(one.view1, two.view1, atol=1e-6) and torch.allclose(one.view2, two.view2, atol=1e-6)
+    for n in (2, 3):
+        assert torch.allclose(out[1].view1, out[n].view1, atol=1e-6)
+        assert torch.allclose(out[1].view2, out[n].view2, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_views_and_patches_are_float32_exact_inside_autocast(dtype):
+    """A bf16 mixed-precision step must neither break the views nor round the patch boxes."""
+    x8 = torch.randint(0, 256, (4, 4, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    x = x8 if dtype == torch.uint8 else x8.float() / 255
+    gen = ViewGenerator(ViewConfig(size=48, p_jitter=1.0, p_blur=1.0))
+    ref = gen(x, torch.Generator().manual_seed(0))
+    ref_p = sample_patches(ref, 4, 12, torch.Generator().manual_seed(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = gen(x, torch.Generator().manual_seed(0))
+        got_p = sample_patches(got, 4, 12, torch.Generator().manual_seed(1))
+    assert got.view2.dtype == torch.float32 and torch.equal(got.view2, ref.view2)
+    for a, b in zip(ref_p, got_p):
+        assert torch.equal(a, b)
+
+
+def test_for_each_sample_hands_out_every_index_once_on_one_intra_op_thread():
+    import threading
+
+    from glcnet.utils.threads import for_each_sample, torch_threads
+
+    seen, intra, names = [], [], set()
+
+    def work(indices):
+        for i in indices:
+            seen.append(i)
+            intra.append(torch.get_num_threads())
+            names.add(threading.current_thread().name)
+
+    with torch_threads(3):
+        for_each_sample(50, work)
+        assert torch.get_num_threads() == 3
+    assert sorted(seen) == list(range(50)) and set(intra) == {1} and len(names) >= 1
+
+    def fail(indices):
+        for i in indices:
+            if i == 7:
+                raise ValueError("sample 7")
+
+    with pytest.raises(ValueError, match="sample 7"):
+        for_each_sample(20, fail, workers=2)
 
 
 def test_dataloader_workers_reproducible():
@@ -443,8 +491,9 @@ def test_same_seed_same_views_on_gpu():
 def test_benchmark_cli_runs_tiny(tmp_path, cli):
     out = tmp_path / "views.json"
     p = cli("benchmark", "views", "--batch", "2", "--batches", "1", "--warmup", "0", "--tile", "64",
-            "--size", "48", "--patch-size", "8", "--processes", "1", "--json", out)
+            "--size", "48", "--patch-size", "8", "--processes", "1", "--background-load", "1", "--json", out)
     res = json.loads(out.read_text())
+    assert res["background_load"] == 1 and "1 busy background processes" in p.stdout
     assert res["reference_ms_per_sample"] > 0 and res["ours_ms_per_sample"] > 0 and res["batch"] == 2
     assert res["processes"] == 1 and res["ours_processes_ms_per_sample"] > 0
     assert "1 process x 1 torch thread" in p.stdout

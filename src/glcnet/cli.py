@@ -31,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("glcnet.experiment.demo", "small comparison on built-in synthetic scenes (no download)"),
     "export": ("glcnet.models.export",
                "write a run's weights for smp, timm or torchgeo code (+ a JSON of bands, statistics)"),
-    "benchmark": ("glcnet.benchmarks", "speed/memory benchmarks: views, pretrain, predict"),
+    "benchmark": ("glcnet.benchmarks", "speed/memory benchmarks: views, pretrain, predict, gpu"),
 }
 
 

@@ -59,7 +59,7 @@ class ViewConfig:
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     rgb_bands: tuple[int, int, int] | None = (0, 1, 2)  # band indices of R,G,B; None: no HSV jitter
     in_loader: bool = False  # make the views in the DataLoader workers (CPU) instead of on the training device
-    cpu_chunk: int = 4  # float tiles on 1 CPU thread: samples per cache-sized sub-batch; 0 = all
+    cpu_chunk: int = 4  # float tiles on the CPU: samples per cache-sized sub-batch; 0 = all
 
 
 @dataclass
@@ -98,6 +98,10 @@ class OptimConfig:
     min_lr: float = 4e-8
     gamma: float = 0.98
     warmup_epochs: int = 0
+    # lr is for a global batch of ref_batch; other global batches B scale it by
+    # linear: B / ref | sqrt: sqrt(B / ref) | none (glcnet.engine.scaled_lr)
+    scale_lr: str = "sqrt"
+    ref_batch: int = 0  # 0: trainer.batch_size, i.e. lr is for one device (one process is never rescaled)
 
 
 @dataclass
@@ -108,8 +112,9 @@ class TrainerConfig:
     devices: str = "auto"  # "auto", "1", "4", ...
     num_nodes: int = 1
     strategy: str = "auto"  # "auto" or "ddp"; torchrun / SLURM are detected by Lightning
+    sync_batchnorm: bool | None = None  # batch norm over the global batch; null: on for DDP over GPUs, off on CPU
     precision: str = "32-true"  # "16-mixed" / "bf16-mixed" on GPU
-    batch_size: int = 256  # per device
+    batch_size: int = 256  # per device (process); the global batch is batch_size x devices x num_nodes
     num_workers: int = 4
     max_steps: int = -1  # >0: stop after this many optimizer steps (smoke runs)
     limit_batches: float = 1.0  # fraction (or count if > 1) of batches per epoch

@@ -3,11 +3,12 @@
 Used by ``glcnet pretrain`` and ``glcnet finetune``. One CPU, one GPU, or DDP over
 GPUs/nodes (Lightning detects torchrun and SLURM); mixed precision via
 ``trainer.precision``; ``checkpoints/last.ckpt`` (model, optimiser, scheduler, loop
-state, RNG, the run's config) written every ``checkpoint_every`` epochs for ``--resume``,
-and at the end of the current step when a SIGTERM/SIGINT arrives (:func:`fit`).
+state, every rank's RNG states, the run's config) written every ``checkpoint_every`` epochs
+for ``--resume``, and at the end of the current step when a SIGTERM/SIGINT arrives (:func:`fit`).
 Checkpoints are written atomically next to their final name (:class:`AtomicCheckpointIO`):
 complete or absent. :func:`check_resume` refuses a corrupt checkpoint, or settings that
-cannot continue it, before the run folder is touched.
+cannot continue it, before the run folder is touched. The learning rate is scaled to the
+global batch (:func:`scaled_lr`).
 """
 
 from __future__ import annotations
@@ -16,16 +17,14 @@ import contextlib
 import logging
 import math
 import os
-import random
 import signal
 import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger
@@ -40,6 +39,7 @@ from glcnet.runs import RunDir
 from glcnet.utils import signals
 from glcnet.utils.atomic import torch_save
 from glcnet.utils.progress import HEARTBEAT_S, duration, interactive, log
+from glcnet.utils.rng import capture, rank_seed, restore, seed_globals
 
 # Lightning sets its loggers to INFO when imported: keep its start-up chatter (tips,
 # "GPU available" lines) out of the user's terminal; warnings and errors still show.
@@ -76,37 +76,44 @@ class JsonlLogger(Logger):
         self.run.log({"step": step, **{k: float(v) for k, v in metrics.items()}})
 
 
-def _np_state_to_torch(state: tuple) -> tuple:
-    """NumPy's RNG state with its key array as a tensor (loadable with ``weights_only=True``)."""
-    name, keys, pos, has_gauss, cached = state
-    return (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
-
-
-def _np_state_from_torch(state: tuple) -> tuple:
-    name, keys, pos, has_gauss, cached = state
-    return (name, keys.numpy().astype(np.uint32), pos, has_gauss, cached)
-
-
 class RngState(Callback):
-    """Save/restore Python, NumPy and torch RNG states in checkpoints (exact resume)."""
+    """Random streams per rank (:mod:`glcnet.utils.rng`) and their states in checkpoints.
+
+    ``setup``: with more than one process, rank ``r`` reseeds the global Python, NumPy and
+    torch RNGs with ``(seed, r)`` (one process keeps the stream of ``seed``), and the task's
+    ``generator`` attribute, if any, is seeded by the task. Checkpoints hold the list of
+    EVERY rank's states (global RNGs + that generator), gathered from all ranks; on
+    ``--resume`` each rank restores its own, so a resumed run continues every rank's stream
+    exactly. A checkpoint of another process count restores the ranks it has and warns.
+    """
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if trainer.world_size > 1:
+            seed_globals(rank_seed(self.seed, trainer.global_rank))
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        checkpoint["rng"] = {
-            "python": random.getstate(),
-            "numpy": _np_state_to_torch(cast(tuple, np.random.get_state(legacy=True))),
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        }
+        mine = capture(getattr(pl_module, "generator", None))
+        states: list[Any] = [mine]
+        dist = torch.distributed
+        if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+            # every rank builds the checkpoint dict (at once); rank 0 writes it
+            states = [None] * dist.get_world_size()
+            dist.all_gather_object(states, mine)
+        checkpoint["rng"] = {"ranks": states}
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         rng = checkpoint.get("rng")
         if not rng:
             return
-        random.setstate(rng["python"])
-        np.random.set_state(_np_state_from_torch(rng["numpy"]))
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        states = rng["ranks"] if "ranks" in rng else [rng]  # checkpoints before per-rank states: one
+        if len(states) != trainer.world_size and trainer.is_global_zero:
+            log.warning(f"warning: the checkpoint holds the random streams of {len(states)} process(es), this run "
+                        f"has {trainer.world_size}: ranks beyond them start fresh streams, so the resume is not exact")
+        if trainer.global_rank < len(states):
+            restore(states[trainer.global_rank], getattr(pl_module, "generator", None))
 
 
 def _metrics_text(trainer: L.Trainer) -> str:
@@ -181,14 +188,69 @@ def _devices(spec: str) -> str | int:
     return int(spec) if spec.lstrip("-").isdigit() else spec
 
 
+def _on_gpu(tcfg: TrainerConfig) -> bool:
+    return tcfg.accelerator in ("gpu", "cuda") or (tcfg.accelerator == "auto" and torch.cuda.is_available())
+
+
+def _sync_batchnorm(tcfg: TrainerConfig) -> bool:
+    """``trainer.sync_batchnorm``: true | false | null (auto: on for DDP over GPUs, as the reference code;
+    off on the CPU, where torch's SyncBatchNorm does not run)."""
+    value = tcfg.sync_batchnorm
+    if value is True and not _on_gpu(tcfg):
+        raise GlcnetError("trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm does not run on the CPU)")
+    return value is True or (value is None and _on_gpu(tcfg) and _processes(tcfg) > 1)
+
+
+def scaled_lr(ocfg: OptimConfig, batch_size: int, world_size: int) -> tuple[float, str]:
+    """Learning rate for the global batch ``B = batch_size x world_size`` and a line saying so.
+
+    ``optim.lr`` is the rate for a global batch of ``ref = optim.ref_batch`` (0: ``batch_size``,
+    one device). ``optim.scale_lr``: ``linear``: ``lr B / ref`` (Goyal et al. 2017, the SGD
+    rule); ``sqrt``: ``lr sqrt(B / ref)`` (default: Adam's update noise stays the same,
+    Malladi et al. 2022); ``none``: ``lr``. One process with ``ref_batch`` 0 is never rescaled.
+    """
+    rule, ref = ocfg.scale_lr, ocfg.ref_batch or batch_size
+    if rule not in ("linear", "sqrt", "none"):
+        raise GlcnetError(f"optim.scale_lr: expected linear, sqrt or none, got {rule!r}")
+    if ref < 0:
+        raise GlcnetError(f"optim.ref_batch: expected 0 (= trainer.batch_size) or a batch size, got {ref}")
+    glob = batch_size * world_size
+    factor = {"linear": glob / ref, "sqrt": math.sqrt(glob / ref), "none": 1.0}[rule]
+    lr = ocfg.lr * factor
+    how = (f"{batch_size} per process x {world_size} processes" if world_size > 1 else "one process")
+    if factor == 1.0:
+        msg = f"learning rate {lr:g} (global batch {glob}: {how}; optim.scale_lr={rule}, reference batch {ref})"
+    else:
+        formula = f"{glob} / {ref}" if rule == "linear" else f"sqrt({glob} / {ref})"
+        msg = (f"learning rate {lr:g} = optim.lr {ocfg.lr:g} x {formula} (optim.scale_lr={rule}; "
+               f"global batch {glob}: {how}; reference batch {ref})")
+    return lr, msg
+
+
+def print0(*args: Any) -> None:
+    """``print`` on global rank 0 only (every DDP process runs the command)."""
+    if getattr(rank_zero_only, "rank", 0) == 0:
+        print(*args, flush=True)
+
+
 def _strategy(tcfg: TrainerConfig, find_unused: bool) -> str:
     """DDP must be told when some parameters get no gradient (e.g. SimCLR leaves the decoder unused)."""
     if not find_unused or tcfg.strategy not in ("auto", "ddp"):
         return tcfg.strategy
+    return "ddp_find_unused_parameters_true" if _processes(tcfg) > 1 else tcfg.strategy
+
+
+def _processes(tcfg: TrainerConfig) -> int:
+    """Processes the run will have: devices per node (auto: the GPUs) x nodes."""
     dev = _devices(tcfg.devices)
     gpus = torch.cuda.device_count() if tcfg.accelerator in ("auto", "gpu", "cuda") else 0
-    n = gpus if dev in ("auto", -1) else (dev if isinstance(dev, int) else 1)
-    return "ddp_find_unused_parameters_true" if n * tcfg.num_nodes > 1 else tcfg.strategy
+    if dev in ("auto", -1, "-1"):
+        n = gpus
+    elif isinstance(dev, int):
+        n = dev
+    else:  # a list of device ids, "0,1" or "[0, 1]"
+        n = len([d for d in str(dev).strip("[]").split(",") if d.strip()])
+    return max(1, n) * tcfg.num_nodes
 
 
 def build_trainer(
@@ -196,6 +258,7 @@ def build_trainer(
     run: RunDir,
     max_epochs: int,
     *,
+    seed: int,
     find_unused_parameters: bool = False,
     monitor: str | None = None,
     mode: str = "max",
@@ -212,7 +275,8 @@ def build_trainer(
 
     ``last.ckpt`` is written every ``tcfg.checkpoint_every`` epochs; with ``monitor``,
     ``best.ckpt`` keeps the best value of that logged metric (``mode`` max/min) and
-    ``early_stop`` > 0 stops after that many validations without improvement.
+    ``early_stop`` > 0 stops after that many validations without improvement. ``seed``:
+    the run's seed, from which every rank's random streams derive (:class:`RngState`).
     """
     ckpt_dir = run.path / "checkpoints"
     cbs: list[Callback] = []
@@ -228,7 +292,7 @@ def build_trainer(
         # at every train-epoch end, also in epochs without validation (val_every > 1)
         ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False,
                         every_n_epochs=max(1, tcfg.checkpoint_every), save_on_train_epoch_end=True),
-        RngState(),
+        RngState(seed),
     ]
     cbs.append(LearningRateMonitor(logging_interval="step"))
     show_bar = tcfg.progress and interactive(sys.stdout)  # Lightning draws its bar on stdout
@@ -242,6 +306,7 @@ def build_trainer(
         devices=_devices(tcfg.devices),
         num_nodes=tcfg.num_nodes,
         strategy=_strategy(tcfg, find_unused_parameters),
+        sync_batchnorm=_sync_batchnorm(tcfg),
         precision=tcfg.precision,  # type: ignore[arg-type]  # a name that Lightning checks
         max_epochs=max_epochs,
         max_steps=tcfg.max_steps,
@@ -446,10 +511,12 @@ def lr_factor(epoch: int, ocfg: OptimConfig) -> float:
     raise GlcnetError(f"optim.schedule: unknown schedule {ocfg.schedule!r} (valid: cosine, exp, constant)")
 
 
-def configure_optim(params: Iterable[torch.nn.Parameter], ocfg: OptimConfig) -> OptimizerLRSchedulerConfig:
-    """Adam(lr, betas, weight_decay) + per-epoch schedule, as Lightning's ``configure_optimizers``."""
+def configure_optim(params: Iterable[torch.nn.Parameter], ocfg: OptimConfig,
+                    lr: float | None = None) -> OptimizerLRSchedulerConfig:
+    """Adam(lr, betas, weight_decay) + per-epoch schedule, as Lightning's ``configure_optimizers``;
+    ``lr`` (default ``ocfg.lr``): the rate for the global batch (:func:`scaled_lr`)."""
     lr_factor(0, ocfg)  # validate the schedule name early
-    opt = torch.optim.Adam([p for p in params if p.requires_grad], lr=ocfg.lr,
+    opt = torch.optim.Adam([p for p in params if p.requires_grad], lr=ocfg.lr if lr is None else lr,
                            betas=(ocfg.betas[0], ocfg.betas[1]), weight_decay=ocfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: lr_factor(e, ocfg))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

@@ -11,8 +11,9 @@ import importlib
 
 BENCHMARKS = {
     "views": "two-view generation: reference per-sample pipeline vs batched (ms/sample, ratio)",
-    "pretrain": "pretraining samples/s for glcnet vs simclr, and data loader throughput",
+    "pretrain": "pretraining step per method vs the bare network fwd+bwd (ratio), glcnet vs simclr, loader",
     "predict": "sliding-window inference px/s and peak memory on 2000^2 and 6000^2 scenes",
+    "gpu": "the prepared GPU check (<= 8 min, JSON): views, resnet50 pretraining grid, mini experiment",
 }
 
 

@@ -3,7 +3,8 @@
 Training minimises ``CE(logits, mask)`` with the data set's ignore index (255) and
 optional class weights. Validation runs the sliding window (:mod:`glcnet.finetune.sliding`)
 over each whole *validation* scene (never the test scenes) and pools one confusion
-matrix (torchmetrics, summed over DDP ranks); at the end of the pass it logs
+matrix (torchmetrics, summed over DDP ranks, each scene on one rank: ``finetune.train.RankShard``);
+at the end of the pass it logs
 ``val_miou``, ``val_kappa``, ``val_oa`` and ``val_mean_f1`` (:mod:`glcnet.finetune.metrics`).
 Model selection (``best.ckpt``) maximises ``val_miou``. Parameters under the ``frozen``
 prefixes get no gradient and their batch-norm layers keep their statistics (eval mode
@@ -35,9 +36,10 @@ class SegmentationTask(L.LightningModule):
     class_weights: torch.Tensor | None  # [K] buffer
 
     def __init__(self, net: DeepLab, optim: OptimConfig, eval_cfg: EvalConfig, ignore_index: int = 255,
-                 class_weights: torch.Tensor | None = None, frozen: tuple[str, ...] = ()):
+                 class_weights: torch.Tensor | None = None, frozen: tuple[str, ...] = (), lr: float | None = None):
         super().__init__()
         self.net, self.optim, self.eval_cfg, self.ignore_index = net, optim, eval_cfg, ignore_index
+        self.lr = optim.lr if lr is None else lr  # for the global batch (glcnet.engine.scaled_lr)
         self.register_buffer("class_weights", class_weights, persistent=False)
         self.val_cm = MulticlassConfusionMatrix(net.num_classes, ignore_index=ignore_index)
         self.frozen = frozen  # parameter-name prefixes of self.net
@@ -54,7 +56,7 @@ class SegmentationTask(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self.net.predict_logits(batch["image"])  # [B, K, h, w]
         loss = F.cross_entropy(logits, batch["mask"], weight=self.class_weights, ignore_index=self.ignore_index)
-        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(logits))
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(logits), sync_dist=True)
         return loss
 
     def validation_step(self, scene: dict[str, Any], batch_idx: int) -> None:
@@ -64,13 +66,13 @@ class SegmentationTask(L.LightningModule):
         self.val_cm.update(pred, scene["mask"].to(self.device))
 
     def on_validation_epoch_end(self) -> None:
-        m = compute_metrics(self.val_cm.compute())
+        m = compute_metrics(self.val_cm.compute())  # summed over ranks: the same value on every rank
         self.val_cm.reset()
         for key in ("miou", "kappa", "oa", "mean_f1"):
             self.log(f"val_{key}", float(m[key]), prog_bar=key in ("miou", "kappa"), sync_dist=False)
 
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
-        return configure_optim(self.net.parameters(), self.optim)
+        return configure_optim(self.net.parameters(), self.optim, lr=self.lr)
 
 
 def first(batch: list[Any]) -> Any:

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Iterator, Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
 
 from glcnet import outputs
 from glcnet.config import FinetuneConfig, add_config_args, check_values, config_from_args
@@ -36,7 +37,9 @@ from glcnet.engine import (
     fit,
     has_checkpoint,
     loader_workers,
+    print0,
     resume_ckpt,
+    scaled_lr,
     seed_everything,
 )
 from glcnet.errors import GlcnetError
@@ -65,8 +68,49 @@ def class_weights(kind: str, counts: list[int] | None) -> torch.Tensor | None:
     return (w if kind == "inverse" else w.sqrt()).float()
 
 
-def _train_loader(cfg: FinetuneConfig, ds: Any) -> DataLoader:
-    """Random crops of the labelled tiles; an epoch is max(#tiles, batch) samples, full batches only."""
+class RankShard(DistributedSampler):
+    """Rank ``r`` of ``W`` takes items ``r, r + W, r + 2W, ...``, never padded, so that every val
+    scene is counted exactly once in the pooled confusion matrix (torch's DistributedSampler
+    repeats items to even out the ranks, which would count some scenes twice)."""
+
+    def __init__(self, n: int, num_replicas: int, rank: int):
+        super().__init__(cast(Any, range(n)), num_replicas=num_replicas, rank=rank, shuffle=False)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, len(cast(Sized, self.dataset)), self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(cast(Sized, self.dataset)), self.num_replicas))
+
+
+class EpochShard(DistributedSampler):
+    """Training samples of one rank: ``per_rank`` indices per epoch. All ranks draw the same
+    list of ``W per_rank`` indices from ``(seed, epoch)`` and take their slice: a shuffle
+    (wrapped round to fill the ranks) when there are at least ``W x batch`` items, else draws
+    with replacement, so that a tiny labelled subset still fills a batch on every rank."""
+
+    def __init__(self, n: int, num_replicas: int, rank: int, batch_size: int, seed: int):
+        super().__init__(cast(Any, range(n)), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.batch_size = batch_size
+        self.per_rank = max(-(-n // num_replicas), batch_size)
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        n, total = len(cast(Sized, self.dataset)), self.per_rank * self.num_replicas
+        if n >= self.num_replicas * self.batch_size:
+            perm = torch.randperm(n, generator=g)
+            idx = torch.cat([perm] * -(-total // n))[:total]
+        else:
+            idx = torch.randint(n, (total,), generator=g)
+        return iter(idx[self.rank::self.num_replicas].tolist())
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+
+def _train_loader(cfg: FinetuneConfig, ds: Any, world_size: int = 1, rank: int = 0) -> DataLoader:
+    """Random crops of the labelled tiles; an epoch is max(#tiles, batch) samples (per process:
+    max(#tiles / processes, batch)), full batches only."""
     from glcnet.data.prepared import TileDataset
 
     if cfg.crop % 16:
@@ -76,8 +120,10 @@ def _train_loader(cfg: FinetuneConfig, ds: Any) -> DataLoader:
     bs = cfg.trainer.batch_size
     if bs < 2:
         raise GlcnetError("trainer.batch_size: must be >= 2 (batch norm in the ASPP pooling branch)")
-    # with replacement so that a tiny labelled subset (1% of few tiles) still fills a batch
-    sampler = RandomSampler(tiles, replacement=len(tiles) < bs, num_samples=max(len(tiles), bs))
+    if world_size > 1:
+        sampler: Sampler = EpochShard(len(tiles), world_size, rank, bs, cfg.seed)
+    else:  # with replacement so that a tiny labelled subset (1% of few tiles) still fills a batch
+        sampler = RandomSampler(tiles, replacement=len(tiles) < bs, num_samples=max(len(tiles), bs))
     workers = loader_workers(cfg.trainer.num_workers)
     return DataLoader(tiles, batch_size=bs, sampler=sampler, drop_last=True, num_workers=workers,
                       persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
@@ -133,7 +179,7 @@ def run(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False) -> P
     seed_everything(cfg.seed)
     net = build_model(cfg.model, ds.in_channels, num_classes=ds.num_classes, mean=ds.mean, std=ds.std)
     report = load_pretrained(net, cfg.init, cfg.load, cfg.model)
-    loader = _train_loader(cfg, ds)
+    _train_loader(cfg, ds)  # its checks (crop, batch size) before the run folder is claimed
     weights = class_weights(cfg.class_weights, (ds.meta.get("class_counts") or {}).get("train"))
     with outputs.run_folder(out, "finetune", resume=resume, overwrite=overwrite, hint=hint, keep=has_checkpoint,
                             inputs=[cfg.data, resolve_init(cfg.init)]):
@@ -143,11 +189,16 @@ def run(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False) -> P
         if outputs.rank() == 0:
             write_json(out / "init.json", report)
         frozen = () if cfg.freeze == "none" else PARTS[cfg.freeze]
-        task = SegmentationTask(net, cfg.optim, cfg.eval, ds.ignore_index, weights, frozen=frozen)
-        trainer = build_trainer(cfg.trainer, run_dir, cfg.optim.epochs, monitor=MONITOR, mode="max",
+        trainer = build_trainer(cfg.trainer, run_dir, cfg.optim.epochs, seed=cfg.seed, monitor=MONITOR, mode="max",
                                 early_stop=cfg.early_stop, check_val_every_n_epoch=cfg.val_every, label="finetune",
                                 callbacks=[ConfigInCheckpoint("finetune", cfg)])
-        val_loader = DataLoader(val, batch_size=1, collate_fn=first, num_workers=0)
+        lr, lr_msg = scaled_lr(cfg.optim, cfg.trainer.batch_size, trainer.world_size)
+        log.info(lr_msg)
+        task = SegmentationTask(net, cfg.optim, cfg.eval, ds.ignore_index, weights, frozen=frozen, lr=lr)
+        loader = _train_loader(cfg, ds, trainer.world_size, trainer.global_rank)
+        # every val pixel once over all ranks: one pooled confusion matrix (SegmentationTask)
+        shard = RankShard(len(val), trainer.world_size, trainer.global_rank) if trainer.world_size > 1 else None
+        val_loader = DataLoader(val, batch_size=1, collate_fn=first, num_workers=0, sampler=shard)
         t0 = time.monotonic()
         fit(trainer, task, loader, val_loader, ckpt_path=last if resume else None)
         if trainer.is_global_zero:
@@ -197,5 +248,5 @@ def main(args: argparse.Namespace) -> int:
     """Run ``glcnet finetune``; returns the exit status."""
     cfg = config_from_args(FinetuneConfig, args, {k: k for k in ("data", "out", "init", "fraction", "load", "freeze")})
     path = run(cfg, resume=args.resume, overwrite=args.overwrite)
-    print(f"fine-tuned model (best {MONITOR} on the val scenes): {path}")
+    print0(f"fine-tuned model (best {MONITOR} on the val scenes): {path}")
     return 0

@@ -30,6 +30,16 @@ class SSLMethod(nn.Module):
     so contrastive negatives come from the global batch.
     ``pretrained_state_dict()`` is what fine-tuning loads (keys of :class:`glcnet.models.DeepLab`).
     ``find_unused_parameters``: some parameters get no gradient (DDP must be told).
+
+    Randomness: EVERY random draw of a method (its views through :meth:`make_views`, patch
+    positions, masks, jigsaw offsets and permutations, ...) uses ``forward``'s ``generator``
+    and never torch's global RNG. The training task owns it: a CPU ``torch.Generator``
+    seeded by ``(seed, global rank)`` (:func:`glcnet.utils.rng.rank_generator`), whose state
+    every checkpoint saves per rank, so DDP ranks draw different values and ``--resume``
+    continues each rank's stream. Draw small parameter tensors on the CPU with it and move
+    them to the images' device, e.g. ``torch.rand(b, k, generator=generator).to(x.device)``:
+    the same seed then gives the same draws on CPU and GPU, and no draw waits for the GPU.
+    ``None`` (tests, one-off calls) falls back to torch's global CPU RNG.
     """
 
     name: ClassVar[str] = ""
@@ -46,11 +56,12 @@ class SSLMethod(nn.Module):
     def build(self, m: MethodConfig) -> None:
         """Check the method's options ``m`` and build its heads and losses (``self.net`` exists)."""
 
-    def make_views(self, images: torch.Tensor | Views) -> Views:
-        """The batch's views: made by the DataLoader workers (``views.in_loader``) or here."""
-        return images if isinstance(images, Views) else self.views(images)
+    def make_views(self, images: torch.Tensor | Views, generator: torch.Generator | None = None) -> Views:
+        """The batch's views: made by the DataLoader workers (``views.in_loader``) or here, from ``generator``."""
+        return images if isinstance(images, Views) else self.views(images, generator)
 
-    def forward(self, images: torch.Tensor | Views, gather: Gather = no_gather) -> dict[str, torch.Tensor]:
+    def forward(self, images: torch.Tensor | Views, gather: Gather = no_gather,
+                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Loss terms of one batch (class doc)."""
         raise NotImplementedError
 

@@ -47,9 +47,10 @@ class GLCNet(SSLMethod):
         # lam == 1 leaves the decoder blocks without gradient (DDP needs find_unused_parameters)
         self.find_unused_parameters = m.lam == 1
 
-    def forward(self, images: torch.Tensor | Views, gather: Gather = no_gather) -> dict[str, torch.Tensor]:
+    def forward(self, images: torch.Tensor | Views, gather: Gather = no_gather,
+                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         m = self.cfg.method
-        v = self.make_views(images)
+        v = self.make_views(images, generator)
         feats = self.net.features(torch.cat([v.view1, v.view2]))  # both views in one pass
         out: dict[str, torch.Tensor] = {}
         loss = v.view1.new_zeros(())
@@ -60,7 +61,7 @@ class GLCNet(SSLMethod):
             loss = loss + m.lam * out["loss_global"]
             out["emb_std"] = embedding_std(g1)
         if self.local_head is not None:
-            boxes1, boxes2, valid = sample_patches(v, m.patch_num, m.patch_size)  # [B, P, 4] x2, [B, P]
+            boxes1, boxes2, valid = sample_patches(v, m.patch_num, m.patch_size, generator)  # [B, P, 4] x2, [B, P]
             dec1, dec2 = feats["decoder"].chunk(2)  # [B, D, s/4, s/4] each
             z1 = self.local_head(pool_patches(dec1, boxes1, 0.25))  # [B, P, d]
             z2 = self.local_head(pool_patches(dec2, boxes2, 0.25))  # [B, P, d]

@@ -21,11 +21,13 @@ from glcnet.transforms import Views
 from glcnet.utils.dist import Gather, no_gather
 
 
-def block_mask(batch: int, size: int, block: int, ratio: float, device: torch.device | str = "cpu") -> torch.Tensor:
-    """``[B, 1, size, size]`` bool: ``round(ratio * n^2)`` random cells of the ``n x n`` block grid."""
+def block_mask(batch: int, size: int, block: int, ratio: float, device: torch.device | str = "cpu",
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """``[B, 1, size, size]`` bool: ``round(ratio * n^2)`` random cells of the ``n x n`` block grid
+    (cell order drawn on the CPU with ``generator``, the mask made on ``device``)."""
     n = -(-size // block)  # cells per side (last one cropped)
     k = round(ratio * n * n)
-    order = torch.rand(batch, n * n, device=device).argsort(dim=1)  # [B, n*n] random cell order
+    order = torch.rand(batch, n * n, generator=generator).argsort(dim=1).to(device)  # [B, n*n] random cell order
     cells = order < k  # [B, n*n] k cells per image
     grid = cells.reshape(batch, 1, n, n)
     full = grid.repeat_interleave(block, dim=2).repeat_interleave(block, dim=3)  # [B, 1, n*block, n*block]
@@ -45,10 +47,11 @@ class Inpainting(SSLMethod):
         self.head = ReconstructionHead(self.net.decoder_channels, self.net.in_channels)
         self.criterion = MaskedMSELoss()
 
-    def forward(self, images: torch.Tensor | Views, gather: Gather = no_gather) -> dict[str, torch.Tensor]:
+    def forward(self, images: torch.Tensor | Views, gather: Gather = no_gather,
+                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         m = self.cfg.method
-        x = self.make_views(images).view1  # [B, C, s, s]
-        mask = block_mask(x.shape[0], x.shape[-1], m.mask_block, m.mask_ratio, x.device)  # [B, 1, s, s]
+        x = self.make_views(images, generator).view1  # [B, C, s, s]
+        mask = block_mask(x.shape[0], x.shape[-1], m.mask_block, m.mask_ratio, x.device, generator)  # [B, 1, s, s]
         feats = self.net.features(x.masked_fill(mask, 0.0))
         pred = self.head(feats["decoder"])  # [B, C, s, s]
         target = (x - self.net.mean) / self.net.std  # [B, C, s, s]

@@ -70,11 +70,11 @@ class Jigsaw(SSLMethod):
         self.register_buffer("perms", torch.from_numpy(perms), persistent=False)  # [P, g*g]
         self.head = JigsawHead(self.net.aspp_channels, self.grid ** 2, m.jigsaw_permutations)
 
-    def tiles(self, x: torch.Tensor) -> torch.Tensor:
+    def tiles(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """``[B, C, s, s]`` -> ``[B, g*g, C, t, t]`` tiles in row-major grid order, random offsets in the cells."""
         b, dev, t, g = x.shape[0], x.device, self.tile, self.grid
         corner = torch.arange(g, device=dev) * self.cell  # [g]
-        jitter = torch.randint(0, self.cell - t + 1, (2, b, g * g), device=dev)  # [2, B, T]
+        jitter = torch.randint(0, self.cell - t + 1, (2, b, g * g), generator=generator).to(dev)  # [2, B, T]
         y0 = corner.repeat_interleave(g)[None] + jitter[0]  # [B, T]
         x0 = corner.repeat(g)[None] + jitter[1]  # [B, T]
         ar = torch.arange(t, device=dev)
@@ -83,11 +83,12 @@ class Jigsaw(SSLMethod):
         bi = torch.arange(b, device=dev)[:, None, None, None]  # [B, 1, 1, 1]
         return x[bi, :, ys, xs].permute(0, 1, 4, 2, 3)  # [B, T, t, t, C] -> [B, T, C, t, t]
 
-    def forward(self, images: torch.Tensor | Views, gather: Gather = no_gather) -> dict[str, torch.Tensor]:
-        x = self.make_views(images).view1  # [B, C, s, s]
-        tiles = self.tiles(x)  # [B, T, C, t, t]
+    def forward(self, images: torch.Tensor | Views, gather: Gather = no_gather,
+                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        x = self.make_views(images, generator).view1  # [B, C, s, s]
+        tiles = self.tiles(x, generator)  # [B, T, C, t, t]
         b, n_tiles = tiles.shape[:2]
-        label = torch.randint(0, self.perms.shape[0], (b,), device=x.device)  # [B]
+        label = torch.randint(0, self.perms.shape[0], (b,), generator=generator).to(x.device)  # [B]
         order = self.perms[label]  # [B, T]: position i shows tile order[i]
         shuffled = tiles[torch.arange(b, device=x.device)[:, None], order]  # [B, T, C, t, t]
         aspp = self.net.features(shuffled.flatten(0, 1))["aspp"]  # [B*T, A, t/16, t/16]

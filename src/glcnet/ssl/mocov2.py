@@ -45,8 +45,9 @@ class MoCoV2(SSLMethod):
         self.criterion = MoCoInfoNCE(m.moco_temperature)
         self._pending: list[torch.Tensor] = []  # keys of this step, enqueued in on_after_step
 
-    def forward(self, images: torch.Tensor | Views, gather: Gather = no_gather) -> dict[str, torch.Tensor]:
-        v = self.make_views(images)
+    def forward(self, images: torch.Tensor | Views, gather: Gather = no_gather,
+                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        v = self.make_views(images, generator)
         q = self.head(self.net.features(v.view1)["aspp"].mean(dim=(2, 3)))  # [B, d]
         with torch.no_grad():
             k = self.key_head(self.key_net.features(v.view2)["aspp"].mean(dim=(2, 3)))  # [B, d]

@@ -35,6 +35,12 @@ def sample_patches(views: Views, patch_num: int, patch_size: float,
     """
     if patch_num < 1 or patch_size <= 0:
         raise GlcnetError(f"patches: need patch_num >= 1 and patch_size > 0, got {patch_num}, {patch_size}")
+    with torch.autocast(views.box1.device.type, enabled=False):  # bf16 would move the boxes by pixels
+        return _sample_patches(views, patch_num, patch_size, generator, min_size)
+
+
+def _sample_patches(views: Views, patch_num: int, patch_size: float, generator: torch.Generator | None,
+                    min_size: float | None) -> tuple[Tensor, Tensor, Tensor]:
     min_size = patch_size / 2 if min_size is None else min_size
     s, p, dev = views.size, patch_num, views.box1.device
     b = views.box1.shape[0]

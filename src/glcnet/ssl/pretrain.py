@@ -37,7 +37,9 @@ from glcnet.engine import (
     fit,
     has_checkpoint,
     loader_workers,
+    print0,
     resume_ckpt,
+    scaled_lr,
     seed_everything,
 )
 from glcnet.errors import GlcnetError
@@ -47,6 +49,7 @@ from glcnet.transforms import ViewCollate, Views
 from glcnet.utils.atomic import torch_save
 from glcnet.utils.memory import keep_freed_memory
 from glcnet.utils.progress import duration, log
+from glcnet.utils.rng import rank_seed
 
 
 def _batch_size(batch: dict[str, torch.Tensor] | Views) -> int:
@@ -62,16 +65,27 @@ class PretrainTask(L.LightningModule):
     ``train/device/samples_per_sec`` (and, with several processes, the global
     ``train/samples_per_sec``) to ``metrics.jsonl``; the step shows the latest figure in the
     progress bar as ``samples/s``.
+
+    Owns ``generator``, the CPU generator of every random draw of the method (views,
+    patches, masks...), seeded by ``(cfg.seed, global rank)`` in :meth:`setup`; its state is
+    saved per rank in checkpoints (``glcnet.engine.RngState``). ``lr``: the learning rate
+    for the global batch (``glcnet.engine.scaled_lr``). Epoch values are averaged over ranks.
     """
 
     flops_per_batch: int | None = None  # read by ThroughputMonitor (no FLOP count, no MFU)
 
-    def __init__(self, method: SSLMethod, cfg: PretrainConfig, export: dict[str, Any], out: Path):
+    def __init__(self, method: SSLMethod, cfg: PretrainConfig, export: dict[str, Any], out: Path,
+                 lr: float | None = None):
         super().__init__()
         self.method = method
         self.cfg = cfg
         self.export_meta = export
         self.out = out
+        self.lr = cfg.optim.lr if lr is None else lr
+        self.generator = torch.Generator()
+
+    def setup(self, stage: str) -> None:
+        self.generator.manual_seed(rank_seed(self.cfg.seed, self.global_rank))  # --resume: restored after this
 
     def _gather(self, x: torch.Tensor) -> torch.Tensor:
         """``[n, ...]`` per rank -> ``[W * n, ...]`` in rank order, gradients back to each rank's slice.
@@ -93,9 +107,10 @@ class PretrainTask(L.LightningModule):
             if self.cfg.trainer.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
         bs = _batch_size(batch)
-        out = self.method(images, gather=self._gather)
+        out = self.method(images, gather=self._gather, generator=self.generator)
         for k, v in out.items():
-            self.log(f"train/{k}", v.detach().float(), prog_bar=k == "loss", on_step=True, on_epoch=True, batch_size=bs)
+            self.log(f"train/{k}", v.detach().float(), prog_bar=k == "loss", on_step=True, on_epoch=True,
+                     batch_size=bs, sync_dist=True)
         return out["loss"]
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -106,7 +121,7 @@ class PretrainTask(L.LightningModule):
             self.log("samples/s", float(rate), prog_bar=True, logger=False)
 
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
-        return configure_optim(self.method.parameters(), self.cfg.optim)
+        return configure_optim(self.method.parameters(), self.cfg.optim, lr=self.lr)
 
     def export(self, epochs_done: int) -> Path:
         """Write ``pretrained.pt`` (rank 0 only, atomically) after ``epochs_done`` epochs."""
@@ -123,7 +138,8 @@ def throughput_monitor(cfg: PretrainConfig) -> ThroughputMonitor:
     return ThroughputMonitor(batch_size_fn=_batch_size, window_size=max(2, cfg.trainer.log_every + 1))
 
 
-def _pool_loader(cfg: PretrainConfig, ds: Any) -> DataLoader:
+def _pool_loader(cfg: PretrainConfig, ds: Any, world_size: int = 1,
+                 generator: torch.Generator | None = None) -> DataLoader:
     from glcnet.data.prepared import TileDataset
 
     pool = TileDataset(ds, splits=("train", "unlabeled"), with_mask=False, uint8=True)  # 8-bit data: raw uint8
@@ -136,10 +152,11 @@ def _pool_loader(cfg: PretrainConfig, ds: Any) -> DataLoader:
     if cfg.views.size % 16:
         raise GlcnetError(f"views.size must be a multiple of 16, got {cfg.views.size}")
     bs = cfg.trainer.batch_size
-    if len(pool) < bs:
-        raise GlcnetError(f"{cfg.data}: {len(pool)} tiles, fewer than trainer.batch_size={bs}")
+    if len(pool) < bs * world_size:
+        per = f" x {world_size} processes" if world_size > 1 else ""
+        raise GlcnetError(f"{cfg.data}: {len(pool)} tiles, fewer than trainer.batch_size={bs}{per}")
     workers = loader_workers(cfg.trainer.num_workers)
-    collate = ViewCollate(cfg.views) if cfg.views.in_loader else None
+    collate = ViewCollate(cfg.views, generator) if cfg.views.in_loader else None
     return DataLoader(pool, batch_size=bs, shuffle=True, drop_last=True, num_workers=workers, collate_fn=collate,
                       persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
 
@@ -187,7 +204,6 @@ def run(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False) -> P
     method = build_method(cfg, ds.in_channels, ds.mean, ds.std)
     if cfg.trainer.channels_last:
         method = method.to(memory_format=torch.channels_last)
-    loader = _pool_loader(cfg, ds)
     callbacks = [throughput_monitor(cfg), *_probe_callbacks(cfg, ds)]
     export = {
         "kind": "pretrained",
@@ -204,11 +220,14 @@ def run(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False) -> P
                             keep=has_checkpoint):
         run_dir = RunDir.create(out, cfg, cfg.seed,
                                 extra={"task": "pretrain", "resumed_from": last if resume else None})
-        task = PretrainTask(method, cfg, export, out)
-        trainer = build_trainer(cfg.trainer, run_dir, max_epochs=cfg.optim.epochs,
+        trainer = build_trainer(cfg.trainer, run_dir, max_epochs=cfg.optim.epochs, seed=cfg.seed,
                                 find_unused_parameters=method.find_unused_parameters,
                                 callbacks=[*callbacks, ConfigInCheckpoint("pretrain", cfg)],
                                 label=f"pretrain {cfg.method.name}")
+        lr, lr_msg = scaled_lr(cfg.optim, cfg.trainer.batch_size, trainer.world_size)
+        log.info(lr_msg)
+        task = PretrainTask(method, cfg, export, out, lr=lr)
+        loader = _pool_loader(cfg, ds, trainer.world_size, task.generator)
         t0 = time.monotonic()
         log.info("pretrain %s: %d tiles, %d epochs%s -> %s", cfg.method.name, len(cast(Sized, loader.dataset)),
                  cfg.optim.epochs, " (resumed)" if resume else "", out)
@@ -231,5 +250,5 @@ def main(args: argparse.Namespace) -> int:
     """Run ``glcnet pretrain``; returns the exit status."""
     cfg = config_from_args(PretrainConfig, args, {"data": "data", "out": "out", "method": "method.name"})
     path = run(cfg, resume=args.resume, overwrite=args.overwrite)
-    print(f"pretrained weights: {path}")
+    print0(f"pretrained weights: {path}")
     return 0

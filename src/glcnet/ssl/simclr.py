@@ -26,8 +26,9 @@ class SimCLR(SSLMethod):
         self.head = ProjectionHead((self.net.aspp_channels, 256, m.proj_dim))
         self.criterion = NTXentLoss(m.temperature)
 
-    def forward(self, images: torch.Tensor | Views, gather: Gather = no_gather) -> dict[str, torch.Tensor]:
-        v = self.make_views(images)
+    def forward(self, images: torch.Tensor | Views, gather: Gather = no_gather,
+                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        v = self.make_views(images, generator)
         aspp = self.net.features(torch.cat([v.view1, v.view2]))["aspp"]  # [2B, A, s/16, s/16]
         z1, z2 = self.head(aspp.mean(dim=(2, 3))).chunk(2)  # [B, d] each
         loss = self.criterion(z1, z2, gather)

@@ -6,6 +6,8 @@ of every tile on a GPU (:class:`~glcnet.transforms.views.ViewGenerator` picks it
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -13,6 +15,7 @@ from torch import Tensor
 from glcnet.transforms.geometry import box_matrix, flip_rot_matrix
 from glcnet.transforms.params import ViewParams
 from glcnet.transforms.photometric import blur_samples, color_map
+from glcnet.utils.threads import for_each_sample
 
 
 def render(images: Tensor, boxes: Tensor, size: int, hflip: Tensor | None = None,
@@ -64,16 +67,25 @@ def _render_slice(images: Tensor, p: ViewParams, sl: slice, size: int) -> tuple[
 def render_torch(images: Tensor, params: ViewParams, size: int, chunk: int = 0) -> tuple[Tensor, Tensor]:
     """View 1 and view 2 (float ``[B, C, size, size]``) of ``images`` (float in [0, 1] or uint8).
 
-    ``chunk`` > 0 on one CPU thread (e.g. DataLoader workers): sub-batches of that many
-    samples, so intermediates stay in cache; several threads or a GPU: the whole batch
-    (fewer, larger parallel ops). The result does not depend on the chunking.
+    On the CPU, sub-batches of ``chunk`` samples (0: the whole batch), so intermediates
+    stay in cache, shared by torch's threads, each on one intra-op thread
+    (:func:`~glcnet.utils.threads.for_each_sample`: no collapse when other processes share
+    the cores); on a GPU the whole batch (few, large kernels). The result depends neither
+    on the chunking nor on the threads.
     """
     if images.dtype == torch.uint8:
         images = images.float().mul_(1 / 255)
     b = images.shape[0]
-    single = images.device.type == "cpu" and torch.get_num_threads() == 1
-    step = chunk if single and chunk > 0 else b
-    parts = [_render_slice(images[i:i + step], params, slice(i, i + step), size) for i in range(0, b, step)]
-    if len(parts) == 1:
-        return parts[0]
-    return torch.cat([v for v, _ in parts]), torch.cat([v for _, v in parts])
+    if images.device.type != "cpu":
+        return _render_slice(images, params, slice(0, b), size)
+    step = chunk if chunk > 0 else b
+    view1 = images.new_empty(b, images.shape[1], size, size)
+    view2 = torch.empty_like(view1)
+
+    def work(chunks: Iterator[int]) -> None:
+        for j in chunks:
+            sl = slice(j * step, (j + 1) * step)
+            view1[sl], view2[sl] = _render_slice(images[sl], params, sl, size)
+
+    for_each_sample(-(-b // step), work)
+    return view1, view2

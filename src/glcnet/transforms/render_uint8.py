@@ -2,7 +2,9 @@
 
 Same parameters, geometry and photometric maths as :mod:`glcnet.transforms.render_torch`
 (conventions: :mod:`glcnet.transforms.geometry`); only the resampling kernel differs. One sample at
-a time (its data stays in the CPU cache):
+a time (its data stays in the CPU cache); the torch thread budget is spent across samples,
+each thread on one intra-op thread, so that a busy machine cannot stall it
+(:mod:`glcnet.utils.threads`):
 
 1. resize both crops: the integer crop box through ``F.interpolate(mode="bilinear",
    align_corners=False)`` on uint8 channels-last data, torch's SIMD kernel (3 or 4 bands;
@@ -22,6 +24,8 @@ DataLoader workers feeding a GPU (:class:`~glcnet.transforms.views.ViewCollate`)
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -30,6 +34,7 @@ from glcnet.errors import GlcnetError
 from glcnet.transforms.geometry import flip_rot_dims
 from glcnet.transforms.params import ViewParams
 from glcnet.transforms.photometric import blur_planes
+from glcnet.utils.threads import for_each_sample
 
 
 def band_groups(images: Tensor) -> Tensor:
@@ -66,10 +71,13 @@ def _resize(src: Tensor, box: list[int], size: int) -> Tensor:
     return F.interpolate(src[..., y0:y1, x0:x1], size=(size, size), mode="bilinear", align_corners=False)
 
 
-def render_uint8(images: Tensor, params: ViewParams, size: int) -> tuple[Tensor, Tensor]:
+def render_uint8(images: Tensor, params: ViewParams, size: int, workers: int | None = None) -> tuple[Tensor, Tensor]:
     """View 1 and view 2 (float ``[B, C, size, size]`` in [0, 1]) of uint8 ``images`` on the CPU.
 
     ``params`` as drawn by :func:`~glcnet.transforms.params.draw_params` (integer crop boxes).
+    The samples are shared by ``workers`` threads (default ``torch.get_num_threads()``), each
+    on one torch intra-op thread (:func:`~glcnet.utils.threads.for_each_sample`); the result
+    does not depend on their number.
     """
     b, c = images.shape[:2]
     both = torch.cat([params["box1"], params["box2"]], 1)  # [B, 8]
@@ -93,27 +101,31 @@ def render_uint8(images: Tensor, params: ViewParams, size: int) -> tuple[Tensor,
     view1 = torch.empty(b, c, size, size)
     view2 = torch.empty(b, c, size, size)
 
-    tmp = torch.empty(c, size * size)  # cached scratch: a matrix product writes its output out of order
-    planar = None if n_pad == 4 else torch.empty(n_pad // cg, cg, size, size)  # [G, c', s, s]
-    for i in range(b):
-        src = groups[i].permute(0, 3, 1, 2)  # [G, c', H, W] channels-last uint8
-        v1, v2 = _resize(src, boxes[i][:4], size), _resize(src, boxes[i][4:], size)  # [G, c', s, s] uint8
-        for j, (lo, hi) in enumerate(bands):  # view 1: uint8 -> planar float, one sequential pass
-            view1[i, lo:hi].copy_(v1[j, :hi - lo])
-        view1[i].mul_(1 / 255)
-        dims, transpose = geo[i]  # view 2: flip the uint8 view; colour, blur; transpose on the way out
-        v2 = v2.flip(dims) if dims else v2
-        if n_pad == 4:  # [4, s s]: the transpose of the row-major pixels, free
-            planes = v2.permute(2, 3, 0, 1).reshape(size * size, 4).float().T
-        else:  # planar copy first: MKL multiplies by the transpose of a [s s, 3] pixel matrix 3.5x slower
-            assert planar is not None
-            planes = planar.copy_(v2).view(n_pad, size * size)
-        if color[i]:
-            bias = k2[i] @ _band_sums(planes)[:c] / (size * size)  # K m / 255, [C]
-            torch.addmm(bias[:, None], a2[i], planes, out=tmp).clamp_(0, 1)
-        else:
-            torch.mm(a1, planes, out=tmp)
-        out = tmp.view(c, size, size)
-        out = blur_planes(out, sigma[i], radius[i]) if blur[i] else out  # both commute with the transpose
-        view2[i].copy_(out.mT if transpose else out)  # one sequential write of the output
+    def work(samples: Iterator[int]) -> None:
+        """The samples handed to one thread; each thread has its own cached scratch."""
+        tmp = torch.empty(c, size * size)  # a matrix product writes its output out of order
+        planar = None if n_pad == 4 else torch.empty(n_pad // cg, cg, size, size)  # [G, c', s, s]
+        for i in samples:
+            src = groups[i].permute(0, 3, 1, 2)  # [G, c', H, W] channels-last uint8
+            v1, v2 = _resize(src, boxes[i][:4], size), _resize(src, boxes[i][4:], size)  # [G, c', s, s] uint8
+            for j, (lo, hi) in enumerate(bands):  # view 1: uint8 -> planar float, one sequential pass
+                view1[i, lo:hi].copy_(v1[j, :hi - lo])
+            view1[i].mul_(1 / 255)
+            dims, transpose = geo[i]  # view 2: flip the uint8 view; colour, blur; transpose on the way out
+            v2 = v2.flip(dims) if dims else v2
+            if n_pad == 4:  # [4, s s]: the transpose of the row-major pixels, free
+                planes = v2.permute(2, 3, 0, 1).reshape(size * size, 4).float().T
+            else:  # planar copy first: MKL multiplies by the transpose of a [s s, 3] pixel matrix 3.5x slower
+                assert planar is not None
+                planes = planar.copy_(v2).view(n_pad, size * size)
+            if color[i]:
+                bias = k2[i] @ _band_sums(planes)[:c] / (size * size)  # K m / 255, [C]
+                torch.addmm(bias[:, None], a2[i], planes, out=tmp).clamp_(0, 1)
+            else:
+                torch.mm(a1, planes, out=tmp)
+            out = tmp.view(c, size, size)
+            out = blur_planes(out, sigma[i], radius[i]) if blur[i] else out  # both commute with the transpose
+            view2[i].copy_(out.mT if transpose else out)  # one sequential write of the output
+
+    for_each_sample(b, work, workers)  # one intra-op thread per worker thread (glcnet.utils.threads)
     return view1, view2

@@ -66,10 +66,12 @@ class ViewGenerator:
     Input: float tiles scaled to [0, 1], or uint8 tiles meaning ``value / 255`` (8-bit data;
     a quarter of the bytes to load and transfer), any band count, on any device; the
     renderer is chosen by dtype and device (module doc). Stateless, picklable (usable in
-    DataLoader workers, see :class:`ViewCollate`). Float tiles on one CPU thread are
-    rendered in sub-batches of ``cfg.cpu_chunk`` samples so intermediates stay in cache;
-    parameters are drawn for the whole batch first, so the result does not depend on the
-    chunking.
+    DataLoader workers, see :class:`ViewCollate`). On the CPU both renderers spend torch's
+    thread count across samples, one intra-op thread each (:mod:`glcnet.utils.threads`: no
+    collapse when other processes share the cores); float tiles there are rendered in
+    sub-batches of ``cfg.cpu_chunk`` samples so intermediates stay in cache. Parameters are
+    drawn for the whole batch first, so the result depends neither on the chunking nor on
+    the threads.
     """
 
     def __init__(self, cfg: ViewConfig):
@@ -84,7 +86,13 @@ class ViewGenerator:
 
     @torch.no_grad()
     def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Views:
-        """Views of ``images`` [B, C, H, W] with parameters drawn from the CPU ``generator``."""
+        """Views of ``images`` [B, C, H, W] with parameters drawn from the CPU ``generator``;
+        float32 even inside a mixed-precision (autocast) step."""
+        device = images.device.type if isinstance(images, Tensor) else "cpu"
+        with torch.autocast(device, enabled=False):
+            return self._views(images, generator)
+
+    def _views(self, images: Tensor, generator: torch.Generator | None) -> Views:
         cfg, g = self.cfg, generator
         if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[0] == 0 \
                 or not (images.is_floating_point() or images.dtype == torch.uint8):
@@ -108,13 +116,17 @@ class ViewGenerator:
 class ViewCollate:
     """``collate_fn`` for a DataLoader of ``{"image": [C, H, W]}`` samples: returns :class:`Views`.
 
-    Runs in the worker processes on the CPU with torch's global generator (seeded per
-    worker by the DataLoader, so ``torch.manual_seed`` in the main process fixes the views).
+    In DataLoader worker processes: torch's global generator, which the DataLoader seeds per
+    worker (and Lightning per worker and rank), so ``torch.manual_seed`` in the main process
+    fixes the views. In the main process (``num_workers=0``): ``generator`` (the training
+    task's per-rank generator, see :class:`glcnet.ssl.base.SSLMethod`), or the global one.
     """
 
-    def __init__(self, cfg: ViewConfig):
-        self.generator = ViewGenerator(cfg)
+    def __init__(self, cfg: ViewConfig, generator: torch.Generator | None = None):
+        self.views = ViewGenerator(cfg)
+        self.generator = generator
 
     def __call__(self, samples: list[dict[str, Tensor]]) -> Views:
         """Stack the samples' images and make their views."""
-        return self.generator(torch.stack([x["image"] for x in samples]))
+        in_worker = torch.utils.data.get_worker_info() is not None  # a worker's copy would repeat the stream
+        return self.views(torch.stack([x["image"] for x in samples]), None if in_worker else self.generator)
