@@ -34,7 +34,7 @@ are taken; the invariance is per rank, so the mean over ranks is the global loss
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -15,6 +15,7 @@ Per batch of tiles: two views (``glcnet.transforms``), one DeepLabv3+ pass over 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from glcnet.config import MethodConfig
 from glcnet.errors import GlcnetError
@@ -41,8 +42,8 @@ class GLCNet(SSLMethod):
         a, d = self.net.aspp_channels, self.net.decoder_channels
         self.global_head = ProjectionHead(((2 if m.style else 1) * a, 256, m.proj_dim)) if m.lam > 0 else None
         self.local_head = ProjectionHead((d, 64, m.proj_dim)) if m.lam < 1 else None
-        self.global_loss = NTXentLoss(m.temperature)
-        self.local_loss = LocalMatchingLoss(m.temperature, m.fn_topk)
+        self.global_loss: nn.Module = NTXentLoss(m.temperature)  # GLCNet-M: InfoNCE against a queue
+        self.local_loss: nn.Module = LocalMatchingLoss(m.temperature, m.fn_topk)
         # lam == 1 leaves the decoder blocks without gradient (DDP needs find_unused_parameters)
         self.find_unused_parameters = m.lam == 1
 

@@ -53,8 +53,8 @@ class GLCNetM(GLCNet):
                                *(["patch_queue_size"] if has_local else []))
         split_batch_norm(self.net)
         self.key_net = momentum_copy(self.net)
-        self.key_global_head = momentum_copy(self.global_head) if has_global else None
-        self.key_local_head = momentum_copy(self.local_head) if has_local else None
+        self.key_global_head = None if self.global_head is None else momentum_copy(self.global_head)
+        self.key_local_head = None if self.local_head is None else momentum_copy(self.local_head)
         self.style_queue = KeyQueue(m.queue_size, m.proj_dim) if has_global else None  # [K, d]
         self.patch_queue = KeyQueue(m.patch_queue_size, m.proj_dim) if has_local else None  # [Kp, d]
         self.global_loss = MoCoInfoNCE(m.moco_temperature)
@@ -87,7 +87,8 @@ class GLCNetM(GLCNet):
         g_key, p_key = self.keys(x, boxes)  # [2B, d], [2B, P, d]
         out: dict[str, torch.Tensor] = {}
         loss = x.new_zeros(())
-        if self.global_head is not None and g_key is not None:
+        if self.global_head is not None:
+            assert self.style_queue is not None and g_key is not None
             g1, g2 = self.global_head(style_vector(feats["aspp"], m.style)).chunk(2)  # [B, d] each
             k1, k2 = g_key.chunk(2)
             queue = self.style_queue.read_and_push(gather(g_key), push=self.training)  # [K, d]
@@ -95,7 +96,8 @@ class GLCNetM(GLCNet):
                                         + self.global_loss(g2, k1, queue, gather=gather))
             loss = loss + m.lam * out["loss_global"]
             out["emb_std"] = embedding_std(g1)
-        if self.local_head is not None and p_key is not None and valid is not None:
+        if self.local_head is not None:
+            assert self.patch_queue is not None and p_key is not None and boxes is not None and valid is not None
             z1, z2 = self.local_head(pool_patches(feats["decoder"], boxes, 0.25)).chunk(2)  # [B, P, d] each
             k1, k2 = p_key.chunk(2)  # [B, P, d] each
             ok = gather(torch.cat([valid, valid]).flatten().float()) > 0.5  # [W*2B*P] valid keys of all ranks

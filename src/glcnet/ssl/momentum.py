@@ -27,6 +27,7 @@ and ``batch_shuffle``/``batch_unshuffle``.
 from __future__ import annotations
 
 import copy
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +44,8 @@ def distributed() -> bool:
     """True in a process group of more than one rank (lightly's ``dist`` helpers)."""
     return dist.world_size() > 1
 
+M = TypeVar("M", bound=nn.Module)
+
 
 def check_momentum_options(cfg: PretrainConfig, *queues: str) -> None:
     """Validate ``momentum``, ``bn_splits`` (against ``trainer.batch_size``) and the named queue sizes."""
@@ -58,7 +61,7 @@ def check_momentum_options(cfg: PretrainConfig, *queues: str) -> None:
                           f"sub-batches of >= 2 samples (or set method.bn_splits=1: plain BatchNorm)")
 
 
-def momentum_copy(module: nn.Module) -> nn.Module:
+def momentum_copy(module: M) -> M:
     """A frozen deep copy of ``module`` (the key encoder's part)."""
     return copy.deepcopy(module).requires_grad_(False)
 
@@ -90,6 +93,7 @@ class SplitBatchNorm(nn.BatchNorm2d):
         s = self.splits
         if s == 1 or not self.training or not self.track_running_stats:
             return super().forward(x)
+        assert self.running_mean is not None and self.running_var is not None and self.num_batches_tracked is not None
         n, c, h, w = x.shape
         if n % s or n // s < 2:
             raise GlcnetError(f"shuffle-BN: a batch of {n} does not split into method.bn_splits={s} sub-batches "
