@@ -23,6 +23,7 @@ from glcnet.cli import main as cli_main
 from glcnet.config import ModelConfig
 from glcnet.models import build_model
 
+GLCNET_M = ["method.queue_size=16", "method.patch_queue_size=64", "method.momentum=0.9", "method.bn_splits=1"]
 SMALL = ["views.size=64", "model.aspp_channels=64", "method.patch_size=16", "trainer.batch_size=8", "trainer.num_workers=0",
          "trainer.progress=false", "trainer.log_every=1"]
 
@@ -48,7 +49,13 @@ def epoch_means(run: Path, key: str) -> list[float]:
     ("inpainting", [], slice(0, 1)),
     # jigsaw learns slowly: 2x2 tiles, 4 permutations, 40 steps (12 steps are noise around ln 4)
     ("jigsaw", ["method.jigsaw_permutations=4", "method.jigsaw_grid=2", "optim.epochs=20"], slice(0, 3)),
-    ("glcnet", ["views.in_loader=true", "trainer.num_workers=1"], slice(0, 1)),  # views made in a DataLoader worker
+    # views made in a DataLoader worker; with the false-negative-aware local term (glcnet_fn's option)
+    ("glcnet_fn", ["views.in_loader=true", "trainer.num_workers=1", "method.fn_topk=4"], slice(0, 1)),
+    # dense methods of issue 17. GLCNet-M: queues of 16 style / 64 patch keys are full of real keys after one
+    # epoch; plain BatchNorm, as split BatchNorm over sub-batches of 4 learns too slowly to show in 12 steps
+    # (SplitBatchNorm: tests/test_momentum.py; mocov2 above runs it)
+    ("glcnet_m", GLCNET_M, slice(1, 2)),
+    ("vicregl", [], slice(0, 1)),
 ])
 def test_method_learns_without_collapse(potsdam, tmp_path, method, extra, first, capsys):
     out = tmp_path / method
@@ -111,6 +118,24 @@ def test_kill_and_resume_matches_uninterrupted_run(potsdam, tmp_path):
     assert a["epochs"] == b["epochs"] == 5
     for k, v in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][k], v, msg=f"{k} differs after resume")
+
+
+def test_stop_and_resume_restores_queues_and_key_encoder(potsdam, tmp_path):
+    """GLCNet-M stopped after its first epoch and resumed ends exactly as an uninterrupted run."""
+    args = ["pretrain", "--config", "pretrain_cpu", "--data", str(potsdam), "--method", "glcnet_m", "optim.epochs=2",
+            *SMALL, *GLCNET_M]
+    ref, run = tmp_path / "ref", tmp_path / "stopped"
+    assert cli_main([*args, "--out", str(ref)]) == 0
+    assert cli_main([*args, "trainer.max_steps=2", "--out", str(run)]) == 0  # 2 steps = the first epoch
+    first = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert first["epoch"] == 0 and first["global_step"] == 2
+    assert cli_main([*args, "--out", str(run), "--resume"]) == 0
+    a = torch.load(ref / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    b = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert {"method.style_queue.bank", "method.patch_queue.bank", "method.key_net.encoder.conv1.weight"} <= set(a)
+    assert set(a) == set(b)
+    for k, v in a.items():  # network, heads, momentum encoder, queues and their pointers
+        torch.testing.assert_close(b[k], v, msg=f"{k} differs after resume")
 
 
 def test_bad_inputs(potsdam, tmp_path):

@@ -7,15 +7,18 @@ import itertools
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from glcnet.config import PretrainConfig, ViewConfig, from_dict
 from glcnet.errors import GlcnetError
-from glcnet.losses import pool_patches
+from glcnet.losses import MoCoInfoNCE, pool_patches, style_vector
 from glcnet.models import DeepLab
 from glcnet.ssl import METHOD_NAMES, METHODS, VARIANTS, build_method, check_method_name
+from glcnet.ssl.glcnet_m import GLCNetM
 from glcnet.ssl.inpainting import block_mask
 from glcnet.ssl.jigsaw import max_hamming_permutations
 from glcnet.ssl.patches import sample_patches
+from glcnet.ssl.vicregl import cell_centres
 from glcnet.transforms import ViewGenerator
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -26,6 +29,10 @@ TERMS = {
     "glcnet_no_style": {"loss_global", "loss_local"},
     "glcnet_no_global": {"loss_local"},
     "glcnet_no_local": {"loss_global"},
+    "glcnet_fn": {"loss_global", "loss_local"},
+    "glcnet_m": {"loss_global", "loss_local"},
+    "glcnet_m_fn": {"loss_global", "loss_local"},
+    "vicregl": {"loss_global", "loss_local"},
     "simclr": {"loss_contrast"},
     "mocov2": {"loss_contrast"},
     "inpainting": {"loss_mse"},
@@ -34,13 +41,22 @@ TERMS = {
 
 
 def tiny_cfg(name: str, **method) -> PretrainConfig:
-    """resnet18 on 64 px views; 2x2 jigsaw, small queue, 16 px patches."""
+    """resnet18 on 64 px views; 2x2 jigsaw, small queues, 16 px patches, 2 BatchNorm sub-batches, narrow expanders."""
     return from_dict(PretrainConfig, {
         "model": {"encoder": "resnet18"},
         "views": {"size": 64},
-        "method": {"name": name, "patch_num": 3, "patch_size": 16, "queue_size": 16, "mask_block": 16,
-                   "jigsaw_grid": 2, "jigsaw_permutations": 6, **method},
+        "method": {"name": name, "patch_num": 3, "patch_size": 16, "queue_size": 16, "patch_queue_size": 32,
+                   "bn_splits": 2, "expander_dim": 32, "mask_block": 16, "jigsaw_grid": 2, "jigsaw_permutations": 6,
+                   **method},
     })
+
+
+def no_dropout(method: torch.nn.Module) -> torch.nn.Module:
+    """Deterministic forward passes (smp's ASPP has dropout)."""
+    for mod in method.modules():
+        if isinstance(mod, torch.nn.Dropout):
+            mod.p = 0.0
+    return method
 
 
 @pytest.mark.parametrize("bands", [3, 4])
@@ -58,7 +74,7 @@ def test_registry_names_and_errors():
     assert set(TERMS) == set(METHODS) | set(VARIANTS)
     assert set(METHOD_NAMES) == {"none"} | set(TERMS)
     assert check_method_name("none") == "none"
-    valid = r"\(valid: none, glcnet, simclr, mocov2, inpainting, jigsaw, glcnet_no_style"
+    valid = r"\(valid: none, glcnet, simclr, mocov2, inpainting, jigsaw, glcnet_m, vicregl, glcnet_no_style"
     with pytest.raises(GlcnetError, match=r"unknown method 'byol' " + valid):
         build_method(tiny_cfg("byol"), 3)
     with pytest.raises(GlcnetError, match="nothing to pretrain"):
@@ -67,6 +83,14 @@ def test_registry_names_and_errors():
         build_method(tiny_cfg("glcnet", lam=1.5), 3)
     with pytest.raises(GlcnetError, match="jigsaw"):
         build_method(tiny_cfg("jigsaw", jigsaw_permutations=25), 3)  # 2x2 grid has 4! = 24
+    with pytest.raises(GlcnetError, match="bn_splits=3 .* trainer.batch_size=256"):
+        build_method(tiny_cfg("mocov2", bn_splits=3), 3)
+    with pytest.raises(GlcnetError, match="patch_queue_size"):
+        build_method(tiny_cfg("glcnet_m", patch_queue_size=0), 3)
+    with pytest.raises(GlcnetError, match="vicregl_cell"):
+        build_method(tiny_cfg("vicregl", vicregl_cell=6), 3)
+    with pytest.raises(GlcnetError, match="fn_topk"):
+        build_method(tiny_cfg("glcnet", fn_topk=-1), 3)
 
 
 def test_variants_resolve_to_glcnet_options():
@@ -77,9 +101,15 @@ def test_variants_resolve_to_glcnet_options():
     assert no_global.global_head is None and no_global.cfg.method.lam == 0.0
     no_local = build_method(tiny_cfg("glcnet_no_local"), 3)
     assert no_local.local_head is None and no_local.find_unused_parameters
+    assert build_method(tiny_cfg("glcnet"), 3).local_loss.ntxent.fn_topk == 0  # off by default
+    assert build_method(tiny_cfg("glcnet_fn"), 3).local_loss.ntxent.fn_topk == 16
+    m_fn = build_method(tiny_cfg("glcnet_m_fn"), 3)
+    assert isinstance(m_fn, GLCNetM) and m_fn.local_loss.fn_topk == 16 and m_fn.global_loss.fn_topk == 0
+    m_global = build_method(tiny_cfg("glcnet_m", lam=1.0), 3)  # no local term: no patch queue, no key local head
+    assert m_global.patch_queue is None and m_global.key_local_head is None and m_global.find_unused_parameters
 
 
-@pytest.mark.parametrize("name,bands", [(n, 4 if n in ("glcnet", "inpainting") else 3) for n in TERMS])
+@pytest.mark.parametrize("name,bands", [(n, 4 if n in ("glcnet", "glcnet_m", "inpainting") else 3) for n in TERMS])
 def test_method_forward_backward_and_export(name, bands):
     torch.manual_seed(0)
     method = build_method(tiny_cfg(name), bands, mean=[0.4] * bands, std=[0.2] * bands)
@@ -123,23 +153,108 @@ def test_glcnet_loss_is_lambda_mix():
     torch.testing.assert_close(out["loss"], expected)
 
 
-def test_mocov2_momentum_update_and_queue():
+def test_mocov2_symmetric_loss_queue_and_momentum_update():
     torch.manual_seed(2)
-    method = build_method(tiny_cfg("mocov2", momentum=0.5), 3)
-    assert all(not p.requires_grad for p in method.key_net.parameters())
-    queue0 = method.queue.clone()
-    out = method(torch.rand(4, 3, 64, 64))
+    # plain BatchNorm (bn_splits=1): the keys do not depend on the shuffle, so they can be recomputed here
+    method = no_dropout(build_method(tiny_cfg("mocov2", momentum=0.5, bn_splits=1), 3))
+    assert all(not p.requires_grad for p in [*method.key_net.parameters(), *method.key_head.parameters()])
+    queue0 = method.queue.bank.clone()
+    v = method.views(torch.rand(4, 3, 64, 64))
+    with torch.no_grad():
+        q1, q2 = method.query(v.view1), method.query(v.view2)
+        k1, k2 = (F.normalize(method.key_head(method.key_net.features(x)["aspp"].mean(dim=(2, 3))), dim=1)
+                  for x in (v.view1, v.view2))
+    out = method(v)
+    crit = MoCoInfoNCE(0.2)
+    expected = 0.5 * (crit(q1, k2, queue0) + crit(q2, k1, queue0))  # both directions, the queue before the step
+    torch.testing.assert_close(out["loss"].detach(), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(method.queue.bank[:8], torch.cat([k1, k2]), atol=1e-5, rtol=1e-5)  # 2B keys pushed
+    torch.testing.assert_close(method.queue.bank[8:], queue0[8:])
+    assert int(method.queue.bank_ptr) == 8
+
     out["loss"].backward()
     torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.1).step()
     q0 = method.net.encoder.conv1.weight.detach().clone()
     k0 = method.key_net.encoder.conv1.weight.detach().clone()
-    keys = method._pending[0].clone()  # [4, d] normalised keys of this step
+    h0 = method.key_head.layers[0].weight.detach().clone()
     method.on_after_step()
     torch.testing.assert_close(method.key_net.encoder.conv1.weight, 0.5 * k0 + 0.5 * q0)
-    torch.testing.assert_close(method.queue[:4], keys)  # oldest rows replaced
-    torch.testing.assert_close(method.queue[4:], queue0[4:])
-    assert int(method.queue_ptr) == 4 and not method._pending
-    torch.testing.assert_close(keys.norm(dim=1), torch.ones(4))
+    torch.testing.assert_close(method.key_head.layers[0].weight, 0.5 * h0 + 0.5 * method.head.layers[0].weight)
+
+
+def test_glcnet_m_terms_queues_and_momentum_update():
+    torch.manual_seed(4)
+    method = no_dropout(build_method(tiny_cfg("glcnet_m", momentum=0.5, bn_splits=1, lam=0.3), 3))
+    style0, patch0 = method.style_queue.bank.clone(), method.patch_queue.bank.clone()
+    v = method.views(torch.rand(4, 3, 64, 64))
+    torch.manual_seed(9)
+    boxes1, boxes2, valid = sample_patches(v, 3, 16)  # the draw forward makes after the same seed
+    boxes = torch.cat([boxes1, boxes2])  # [2B, P, 4]
+    x = torch.cat([v.view1, v.view2])
+    with torch.no_grad():
+        f, fk = method.net.features(x), method.key_net.features(x)
+        g1, g2 = method.global_head(style_vector(f["aspp"])).chunk(2)
+        gk = F.normalize(method.key_global_head(style_vector(fk["aspp"])), dim=1)  # [2B, d]
+        z1, z2 = (z.flatten(0, 1) for z in method.local_head(pool_patches(f["decoder"], boxes)).chunk(2))
+        zk = F.normalize(method.key_local_head(pool_patches(fk["decoder"], boxes)), dim=-1)  # [2B, P, d]
+        zk1, zk2 = (z.flatten(0, 1) for z in zk.chunk(2))
+    torch.manual_seed(9)
+    out = method(v)
+    crit, vf = MoCoInfoNCE(0.2), valid.flatten()
+    lg = 0.5 * (crit(g1, gk[4:], style0) + crit(g2, gk[:4], style0))
+    ll = 0.5 * (crit(z1, zk2, patch0, vf) + crit(z2, zk1, patch0, vf))
+    tol = {"atol": 1e-4, "rtol": 1e-4}
+    torch.testing.assert_close(out["loss_global"].detach(), lg, **tol)
+    torch.testing.assert_close(out["loss_local"].detach(), ll, **tol)
+    torch.testing.assert_close(out["loss"].detach(), 0.3 * lg + 0.7 * ll, **tol)
+    torch.testing.assert_close(method.style_queue.bank[:8], gk, **tol)  # both views' style keys
+    n = int(valid.sum()) * 2
+    torch.testing.assert_close(method.patch_queue.bank[:n], zk.flatten(0, 1)[torch.cat([vf, vf])], **tol)
+    torch.testing.assert_close(method.patch_queue.bank[n:], patch0[n:])  # only valid patches are pushed
+    assert int(method.patch_queue.bank_ptr) == n and n > 0
+
+    out["loss"].backward()
+    torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.1).step()
+    k0 = method.key_local_head.mlp[0].weight.detach().clone()
+    method.on_after_step()
+    torch.testing.assert_close(method.key_local_head.mlp[0].weight, 0.5 * k0 + 0.5 * method.local_head.mlp[0].weight)
+
+
+@pytest.mark.parametrize("name", ["mocov2", "glcnet_m"])
+def test_state_dict_carries_queues_and_key_encoder(name):
+    """What ``--resume`` restores: a fresh method loading the state has the same queues and key encoder."""
+    torch.manual_seed(5)
+    method = build_method(tiny_cfg(name), 3)
+    method(torch.rand(4, 3, 64, 64))["loss"].backward()
+    method.on_after_step()
+    state = method.state_dict()
+    queues = [k for k in state if k.endswith(("bank", "bank_ptr"))]
+    assert len(queues) == (2 if name == "mocov2" else 4) and any(k.startswith("key_net.") for k in state)
+    assert all(int(state[k]) > 0 for k in queues if k.endswith("bank_ptr"))  # keys were pushed
+    fresh = build_method(tiny_cfg(name), 3)
+    fresh.load_state_dict(state)
+    for k, v in fresh.state_dict().items():
+        torch.testing.assert_close(v, state[k], msg=k)
+
+
+def test_vicregl_cell_centres_show_the_same_ground():
+    """View-1 cell centres mapped into view 2 sample the same image values as in view 1."""
+    torch.manual_seed(6)
+    smooth = F.interpolate(torch.rand(6, 3, 6, 6), size=(96, 96), mode="bicubic", align_corners=False)
+    v = ViewGenerator(ViewConfig(size=64, p_jitter=0.0, p_gray=0.0, p_blur=0.0))(smooth)
+    p1, p2 = cell_centres(v, 8)  # [B, 8, 8, 2] each, view-2 pixels
+    assert p1.shape == p2.shape == (6, 8, 8, 2)
+    torch.testing.assert_close(p2[0, 2, 5], torch.tensor([44.0, 20.0]))  # (x, y) of cell row 2, column 5
+
+    def sample(img, pts):  # bilinear values at view-pixel points
+        return F.grid_sample(img, pts / 32 - 1, align_corners=False)  # [B, 3, 8, 8]
+
+    inside = ((p1 >= 0) & (p1 <= 64)).all(-1)  # [B, 8, 8] view-1 cells whose centre is in view 2
+    a = sample(v.view1, p2).permute(0, 2, 3, 1)[inside]  # view 1 at its own cell centres
+    b = sample(v.view2, p1).permute(0, 2, 3, 1)[inside]  # view 2 at the mapped centres
+    assert inside.sum() > 50
+    err, wrong = (a - b).abs().mean(), (a - b.roll(1, dims=0)).abs().mean()
+    assert err < 0.01 < wrong
 
 
 def test_block_mask_exact_fraction_on_grid():

@@ -21,7 +21,7 @@ from glcnet.utils.progress import log, setup_logging
 COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("glcnet.data.prepare_cli", "tile scenes, decode labels, make splits: raw data -> prepared folder"),
     "info": ("glcnet.data.info_cli", "summarise a prepared data set"),
-    "pretrain": ("glcnet.ssl.pretrain", "self-supervised pretraining (glcnet, simclr, mocov2, inpainting, jigsaw)"),
+    "pretrain": ("glcnet.ssl.pretrain", "self-supervised pretraining (glcnet, glcnet_m, vicregl, simclr, mocov2, ...)"),
     "finetune": ("glcnet.finetune.train", "fine-tune DeepLabv3+ on a labelled fraction, select on val scenes"),
     "probe": ("glcnet.finetune.probe_cli",
               "dense linear probe of frozen features (any checkpoint or none) on the val scenes"),

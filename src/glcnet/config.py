@@ -74,10 +74,19 @@ class MethodConfig:
     style: bool = True  # mean+variance of ASPP features; False = "no style" ablation
     patch_num: int = 4
     patch_size: int = 48  # in view pixels (paper: 48 at 224)
-    # mocov2
-    queue_size: int = 2048
+    fn_topk: int = 0  # local term: the fn_topk negatives most like the anchor's key are not negatives; 0 = off
+    # mocov2, glcnet_m: momentum encoder + queue(s) of keys
+    queue_size: int = 2048  # keys in the queue (glcnet_m: the style-embedding queue of the global term)
     momentum: float = 0.999
-    moco_temperature: float = 0.2
+    moco_temperature: float = 0.2  # InfoNCE tau against a queue
+    bn_splits: int = 4  # one process: shuffle-BN as BatchNorm over this many sub-batches (1 = plain BatchNorm)
+    patch_queue_size: int = 4096  # glcnet_m: the patch-embedding queue of the local term
+    # vicregl
+    vicreg_weights: tuple[float, float, float] = (25.0, 25.0, 1.0)  # lambda (invariance), mu (variance), nu (cov.)
+    vicregl_alpha: float = 0.75  # L = alpha * L_global + (1 - alpha) * L_local
+    vicregl_matches: tuple[int, int] = (20, 4)  # local matches kept per image: a -> b, b -> a
+    vicregl_cell: int = 8  # view pixels per local feature (a multiple of 4 dividing views.size)
+    expander_dim: int = 512  # width of the VICRegL expanders (global and local)
     # inpainting
     mask_ratio: float = 0.25  # fraction of the view area that is masked
     mask_block: int = 32  # side of the masked square blocks

@@ -25,14 +25,17 @@ METRICS = [("kappa", "Kappa"), ("miou", "mIoU"), ("oa", "OA"), ("mean_f1", "mean
 PROBE = [("decoder_miou", "probe mIoU (decoder)"), ("aspp_miou", "probe mIoU (ASPP)"),
          ("decoder_kappa", "probe Kappa (decoder)"), ("aspp_kappa", "probe Kappa (ASPP)")]
 BASELINES = ("none", "simclr")  # paired differences are taken to these, where present
-# the paper's row order (baselines, then GLCNet ablations, then GLCNet)
+# the paper's row order (baselines, then GLCNet ablations, then GLCNet), then the methods after GLCNet
 PAPER_ORDER = ["none", "imagenet", "inpainting", "jigsaw", "simclr", "mocov2",
-               "glcnet_no_style", "glcnet_no_global", "glcnet_no_local", "glcnet"]
+               "glcnet_no_style", "glcnet_no_global", "glcnet_no_local", "glcnet",
+               "glcnet_fn", "glcnet_m", "glcnet_m_fn", "vicregl"]
 LABELS = {
     "none": "Random init", "imagenet": "ImageNet", "inpainting": "Inpainting", "jigsaw": "Jigsaw",
     "simclr": "SimCLR", "mocov2": "MoCo v2", "glcnet": "GLCNet",
     "glcnet_no_style": "GLCNet w/o style (mean only)", "glcnet_no_global": "GLCNet w/o global (local only)",
     "glcnet_no_local": "GLCNet w/o local (global only)",
+    "glcnet_fn": "GLCNet, false negatives removed", "glcnet_m": "GLCNet-M (momentum, queues)",
+    "glcnet_m_fn": "GLCNet-M, false negatives removed", "vicregl": "VICRegL",
 }
 
 

@@ -9,6 +9,8 @@ about the mean of ``F`` over the box (exactly, for boxes on the cell grid).
 ``LocalMatchingLoss``: NT-Xent (``glcnet.losses.ntxent``) over the ``B x P`` patch pairs
 ``(z1[b, p], z2[b, p])``; every other valid patch of every image (and every rank) is a
 negative; invalid patches (``valid[b, p]`` false) are neither anchors nor negatives.
+With ``fn_topk`` > 0 the ``fn_topk`` patches most similar to the anchor's positive are not
+negatives (false-negative-aware local term, :mod:`glcnet.losses.false_negatives`).
 """
 
 from __future__ import annotations
@@ -36,9 +38,9 @@ def pool_patches(feat: torch.Tensor, boxes: torch.Tensor, spatial_scale: float =
 class LocalMatchingLoss(nn.Module):
     """NT-Xent over all valid ``B x P`` patch pairs (see module doc)."""
 
-    def __init__(self, temperature: float = 0.5):
+    def __init__(self, temperature: float = 0.5, fn_topk: int = 0):
         super().__init__()
-        self.ntxent = NTXentLoss(temperature)
+        self.ntxent = NTXentLoss(temperature, fn_topk)
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor, valid: torch.Tensor | None = None,
                 gather: Gather = no_gather) -> torch.Tensor:

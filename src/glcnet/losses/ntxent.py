@@ -14,6 +14,10 @@ gradient averaging optimises) equals the one-process loss on the concatenated ba
 
 ``valid`` ([N] bool, optional) drops pairs: an invalid pair is neither an anchor nor a
 negative (used by the local matching loss for patches outside the views' overlap).
+
+``fn_topk`` > 0 removes false negatives (:mod:`glcnet.losses.false_negatives`): the key of
+anchor ``i`` is its positive ``u_j(i)``, and the ``fn_topk`` other rows ``k`` with the largest
+``u_j(i) . u_k`` leave its denominator.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from glcnet.errors import GlcnetError
+from glcnet.losses.false_negatives import false_negatives
 from glcnet.utils import dist
 from glcnet.utils.dist import Gather, no_gather
 
@@ -30,11 +35,14 @@ from glcnet.utils.dist import Gather, no_gather
 class NTXentLoss(nn.Module):
     """``loss = mean over anchors of -log softmax_{k != i}(s(i, k) / t)[j(i)]`` (see module doc)."""
 
-    def __init__(self, temperature: float = 0.5):
+    def __init__(self, temperature: float = 0.5, fn_topk: int = 0):
         super().__init__()
         if temperature <= 0:
             raise GlcnetError(f"NT-Xent temperature (method.temperature) must be > 0, got {temperature}")
+        if fn_topk < 0:
+            raise GlcnetError(f"method.fn_topk must be >= 0, got {fn_topk}")
         self.temperature = temperature
+        self.fn_topk = fn_topk
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor, gather: Gather = no_gather,
                 valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -61,6 +69,10 @@ class NTXentLoss(nn.Module):
             valid = torch.ones(n, dtype=torch.bool, device=z1.device)
         key_ok = gather(valid.float()) > 0.5  # [M]
         drop |= ~torch.cat([key_ok, key_ok])[None, :]
+        if self.fn_topk > 0:
+            pos = F.one_hot(pos_idx, 2 * m).bool()  # [2n, 2M]
+            key_sim = keys[pos_idx].detach() @ keys.detach().T  # [2n, 2M] positive . every row
+            drop |= false_negatives(key_sim, self.fn_topk, candidates=~(drop | pos))
         logits = logits.masked_fill(drop, float("-inf"))
 
         keep = torch.cat([valid, valid])  # [2n] anchors used

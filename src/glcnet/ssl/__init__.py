@@ -18,10 +18,12 @@ from glcnet.config import PretrainConfig, replace
 from glcnet.errors import GlcnetError
 from glcnet.ssl.base import SSLMethod
 from glcnet.ssl.glcnet import GLCNet
+from glcnet.ssl.glcnet_m import GLCNetM
 from glcnet.ssl.inpainting import Inpainting
 from glcnet.ssl.jigsaw import Jigsaw
 from glcnet.ssl.mocov2 import MoCoV2
 from glcnet.ssl.simclr import SimCLR
+from glcnet.ssl.vicregl import VICRegL
 
 METHODS: dict[str, type[SSLMethod]] = {
     "glcnet": GLCNet,
@@ -29,11 +31,15 @@ METHODS: dict[str, type[SSLMethod]] = {
     "mocov2": MoCoV2,
     "inpainting": Inpainting,
     "jigsaw": Jigsaw,
+    "glcnet_m": GLCNetM,
+    "vicregl": VICRegL,
 }
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "glcnet_no_style": ("glcnet", {"style": False}),  # mean only
     "glcnet_no_global": ("glcnet", {"lam": 0.0}),
     "glcnet_no_local": ("glcnet", {"lam": 1.0}),
+    "glcnet_fn": ("glcnet", {"fn_topk": 16}),  # false-negative-aware local term
+    "glcnet_m_fn": ("glcnet_m", {"fn_topk": 16}),
 }
 METHOD_NAMES: tuple[str, ...] = ("none", *METHODS, *VARIANTS)
 

@@ -6,7 +6,8 @@ Per batch of tiles: two views (``glcnet.transforms``), one DeepLabv3+ pass over 
   "no style" ablation) -> MLP ``2A -> 256 -> d`` -> NT-Xent (tau ``temperature``) between views.
 - local: ``patch_num`` matched boxes per image (``sample_patches``) -> RoI-pooled decoder
   features (1/4 resolution, ``spatial_scale=0.25``) -> MLP ``D -> 64 -> d`` -> NT-Xent over
-  all valid ``B x patch_num`` patches.
+  all valid ``B x patch_num`` patches; with ``fn_topk`` > 0 the ``fn_topk`` patches most similar
+  to the anchor's positive are not negatives (``glcnet_fn``; :mod:`glcnet.losses.false_negatives`).
 - ``loss = lam * loss_global + (1 - lam) * loss_local``; a term with weight 0 is neither
   built nor computed (ablations "no global": lam 0, "no local": lam 1).
 """
@@ -14,6 +15,7 @@ Per batch of tiles: two views (``glcnet.transforms``), one DeepLabv3+ pass over 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from glcnet.config import MethodConfig
 from glcnet.errors import GlcnetError
@@ -42,8 +44,8 @@ class GLCNet(SSLMethod):
         a, d = self.net.aspp_channels, self.net.decoder_channels
         self.global_head = ProjectionHead(((2 if m.style else 1) * a, 256, m.proj_dim)) if m.lam > 0 else None
         self.local_head = ProjectionHead((d, 64, m.proj_dim)) if m.lam < 1 else None
-        self.global_loss = NTXentLoss(m.temperature)
-        self.local_loss = LocalMatchingLoss(m.temperature)
+        self.global_loss: nn.Module = NTXentLoss(m.temperature)  # GLCNet-M: InfoNCE against a queue
+        self.local_loss: nn.Module = LocalMatchingLoss(m.temperature, m.fn_topk)
         # lam == 1 leaves the decoder blocks without gradient (DDP needs find_unused_parameters)
         self.find_unused_parameters = m.lam == 1
 

@@ -1,26 +1,40 @@
-"""MoCo v2 baseline (Chen, Fan, Girshick, He 2020) on DeepLabv3+.
+"""MoCo v2 baseline (Chen, Fan, Girshick, He 2020) on DeepLabv3+, symmetric, with shuffle-BN.
 
-Query: view 1 -> ``net`` -> ASPP global average pooling -> MLP ``A -> 256 -> d``.
-Key: view 2 -> momentum copies of ``net`` and the head (no gradient). InfoNCE (tau
-``moco_temperature``) of each query against its key and a queue of ``queue_size`` past keys.
-After each optimizer step (``on_after_step``): ``theta_k <- m theta_k + (1 - m) theta_q``
-(``m = momentum``), then the step's keys (gathered from all ranks) replace the oldest in
-the queue. Differences from the original: one direction (q from view 1, k from view 2),
-the GLCNet view pipeline (only view 2 photometrically augmented), no shuffled BN.
+Query of a view ``x``: ``net`` -> ASPP global average pooling -> MLP ``A -> 256 -> d``
+(lightly's ``MoCoProjectionHead``). Key: the same through the momentum copies of ``net``
+and the head, no gradient, L2-normalised, computed on the shuffled batch (shuffle-BN;
+in one process its equivalent, BatchNorm over ``bn_splits`` sub-batches in both
+encoders: :mod:`glcnet.ssl.momentum`). Symmetric loss, as in the MoCo CIFAR-10 demo and
+MoCo v3, with InfoNCE against a queue of ``queue_size`` past keys (tau ``moco_temperature``)::
+
+    loss = ( InfoNCE(q(view1), k(view2), Q) + InfoNCE(q(view2), k(view1), Q) ) / 2
+
+Both directions read the queue as it was before the step; then the step's ``2B`` keys,
+gathered from all ranks, replace the oldest rows. After each optimizer step
+(``on_after_step``): ``theta_k <- m theta_k + (1 - m) theta_q`` (``m = momentum``).
+Remaining difference from the original: the GLCNet view pipeline (only view 2 is
+photometrically augmented).
 """
 
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
+from lightly.models.modules.heads import MoCoProjectionHead
+from lightly.models.utils import update_momentum
 
 from glcnet.config import MethodConfig
-from glcnet.errors import GlcnetError
 from glcnet.losses import MoCoInfoNCE, embedding_std
-from glcnet.models.heads import ProjectionHead
 from glcnet.ssl.base import SSLMethod
+from glcnet.ssl.momentum import (
+    KeyQueue,
+    check_momentum_options,
+    momentum_copy,
+    set_bn_splits,
+    shuffle,
+    split_batch_norm,
+    unshuffle,
+)
 from glcnet.transforms import Views
 from glcnet.utils.dist import Gather, no_gather
 
@@ -29,50 +43,38 @@ class MoCoV2(SSLMethod):
     """MoCo v2: query from view 1, momentum key from view 2, queue of negatives (module doc)."""
 
     name = "mocov2"
-    queue: torch.Tensor  # [K, d] buffer of past keys
-    queue_ptr: torch.Tensor  # [] buffer: the oldest row
     find_unused_parameters = True  # decoder blocks get no gradient
 
     def build(self, m: MethodConfig) -> None:
-        if m.queue_size < 1 or not 0.0 <= m.momentum <= 1.0:
-            raise GlcnetError(f"mocov2: need method.queue_size >= 1 and 0 <= method.momentum <= 1, "
-                              f"got {m.queue_size} and {m.momentum}")
-        self.head = ProjectionHead((self.net.aspp_channels, 256, m.proj_dim))
-        self.key_net = copy.deepcopy(self.net).requires_grad_(False)
-        self.key_head = copy.deepcopy(self.head).requires_grad_(False)
-        self.register_buffer("queue", F.normalize(torch.randn(m.queue_size, m.proj_dim), dim=1))  # [K, d]
-        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        check_momentum_options(self.cfg, "queue_size")
+        split_batch_norm(self.net)
+        self.head = MoCoProjectionHead(self.net.aspp_channels, 256, m.proj_dim)
+        self.key_net = momentum_copy(self.net)
+        self.key_head = momentum_copy(self.head)
+        self.queue = KeyQueue(m.queue_size, m.proj_dim)  # [K, d]
         self.criterion = MoCoInfoNCE(m.moco_temperature)
-        self._pending: list[torch.Tensor] = []  # keys of this step, enqueued in on_after_step
+
+    def query(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.net.features(x)["aspp"].mean(dim=(2, 3)))  # [B, d]
+
+    @torch.no_grad()
+    def key(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        xs, _, idx = shuffle(x, generator=generator)
+        k = self.key_head(self.key_net.features(xs)["aspp"].mean(dim=(2, 3)))  # [B, d] shuffled
+        return F.normalize(unshuffle(k, idx).float(), dim=1)  # [B, d]
 
     def forward(self, images: torch.Tensor | Views, gather: Gather = no_gather,
                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         v = self.make_views(images, generator)
-        q = self.head(self.net.features(v.view1)["aspp"].mean(dim=(2, 3)))  # [B, d]
-        with torch.no_grad():
-            k = self.key_head(self.key_net.features(v.view2)["aspp"].mean(dim=(2, 3)))  # [B, d]
-            k = F.normalize(k.float(), dim=1)
-        loss = self.criterion(q, k, self.queue.clone())
-        if self.training:
-            self._pending.append(gather(k).detach())  # [W*B, d]
-        return {"loss": loss, "loss_contrast": loss, "emb_std": embedding_std(q)}
+        set_bn_splits(self, self.cfg.method)
+        q1, q2 = self.query(v.view1), self.query(v.view2)  # [B, d] each
+        k1, k2 = self.key(v.view1, generator), self.key(v.view2, generator)  # [B, d] each
+        queue = self.queue.read_and_push(gather(torch.cat([k1, k2])), push=self.training)  # [K, d]
+        loss = 0.5 * (self.criterion(q1, k2, queue, gather=gather) + self.criterion(q2, k1, queue, gather=gather))
+        return {"loss": loss, "loss_contrast": loss, "emb_std": embedding_std(q1)}
 
     @torch.no_grad()
     def on_after_step(self) -> None:
         mom = self.cfg.method.momentum
-        for q_mod, k_mod in ((self.net, self.key_net), (self.head, self.key_head)):
-            for pq, pk in zip(q_mod.parameters(), k_mod.parameters()):
-                pk.mul_(mom).add_(pq.detach(), alpha=1 - mom)
-            for bq, bk in zip(q_mod.buffers(), k_mod.buffers()):
-                bk.copy_(bq)
-        for keys in self._pending:
-            self._enqueue(keys)
-        self._pending.clear()
-
-    def _enqueue(self, keys: torch.Tensor) -> None:
-        """Overwrite the oldest queue rows with ``keys [n, d]`` (ring buffer)."""
-        size = self.queue.shape[0]
-        keys = keys[-size:].to(self.queue.dtype)  # [n', d]
-        rows = (self.queue_ptr + torch.arange(keys.shape[0], device=keys.device)) % size
-        self.queue[rows] = keys
-        self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % size)
+        update_momentum(self.net, self.key_net, mom)
+        update_momentum(self.head, self.key_head, mom)

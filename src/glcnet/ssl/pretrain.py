@@ -242,8 +242,8 @@ def run(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False) -> P
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``glcnet pretrain``."""
     add_config_args(parser, "pretrain_cpu, pretrain_paper")
-    parser.add_argument("--method", help="glcnet, glcnet_no_style, glcnet_no_global, glcnet_no_local, "
-                        "simclr, mocov2, inpainting, jigsaw")
+    parser.add_argument("--method", help="glcnet, glcnet_no_style, glcnet_no_global, glcnet_no_local, glcnet_fn, "
+                        "glcnet_m, glcnet_m_fn, vicregl, simclr, mocov2, inpainting, jigsaw")
 
 
 def main(args: argparse.Namespace) -> int:
