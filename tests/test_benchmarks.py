@@ -16,13 +16,14 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # toy tensors on a shared 2-core machine
 
 def test_pretrain_benchmark_floor_is_the_same_network_on_the_same_batch(cli, tmp_path):
     out = tmp_path / "pretrain.json"
-    p = cli("benchmark", "pretrain", "--batch", "2", "--tile", "64", "--size", "48", "--steps", "1", "--warmup", "0",
+    p = cli("benchmark", "pretrain", "--batch", "8", "--tile", "64", "--size", "48", "--steps", "1", "--warmup", "0",
             "--workers", "0", "--methods", "glcnet,simclr,mocov2,jigsaw", "--json", out, env=ONE_THREAD)
     res = json.loads(out.read_text())["methods"]
     # what each method fed its DeepLab in one step: both views at once, view 1 only, or 9 jigsaw tiles per image
-    assert res["glcnet"]["net_inputs"] == [[4, 4, 48, 48]] and res["simclr"]["net_inputs"] == [[4, 4, 48, 48]]
-    assert res["mocov2"]["net_inputs"] == [[2, 4, 48, 48]]  # the key network is a copy: not the floor
-    assert res["jigsaw"]["net_inputs"] == [[18, 4, 16, 16]]
+    assert res["glcnet"]["net_inputs"] == [[16, 4, 48, 48]] and res["simclr"]["net_inputs"] == [[16, 4, 48, 48]]
+    # symmetric MoCo v2: each view's query (batch 8 = 4 shuffle-BN sub-batches of 2); the key network is a copy
+    assert res["mocov2"]["net_inputs"] == [[8, 4, 48, 48], [8, 4, 48, 48]]
+    assert res["jigsaw"]["net_inputs"] == [[72, 4, 16, 16]]
     # the floor backpropagates through what the method uses: the decoder only for glcnet's local term
     assert res["glcnet"]["floor_outputs"] == ["aspp", "decoder"] and res["simclr"]["floor_outputs"] == ["aspp"]
     for r in res.values():

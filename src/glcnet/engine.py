@@ -364,7 +364,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class StopOnSignal(Callback):
     """End training at the end of the step in which SIGTERM/SIGINT arrived (see glcnet.utils.signals):
     save ``last.ckpt`` there and raise :class:`~glcnet.utils.signals.Interrupted`. All DDP ranks
-    agree on the step. During validation it stops without a new checkpoint."""
+    agree on the step. During validation it stops without a new checkpoint: after the batch in one
+    process; under DDP at the end of the validation pass, as ranks may hold different numbers of
+    val scenes (one collective per batch would deadlock them)."""
 
     def __init__(self, last: Path):
         self.last = Path(last)
@@ -386,6 +388,13 @@ class StopOnSignal(Callback):
                                            f"(checkpoint saved)")
 
     def on_validation_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.world_size == 1:
+            self._stop_validation(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, *args: Any) -> None:
+        self._stop_validation(trainer)
+
+    def _stop_validation(self, trainer: L.Trainer) -> None:
         sig = self._requested(trainer)
         if sig:
             raise signals.Interrupted(sig, f" during validation at epoch {trainer.current_epoch} "
