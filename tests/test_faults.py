@@ -290,10 +290,10 @@ def test_sigterm_stops_an_experiment_without_finishing_its_cell(w, tmp_path):
 def test_signal_outside_training_leaves_no_partial_report(w, capsys, tmp_path, monkeypatch):
     import glcnet.finetune.evaluate as evaluate
 
-    def save_png_then_sigterm(*a, **k):
+    def scene_figure_then_sigterm(*a, **k):  # the first scene's figure is being written
         os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(evaluate, "save_png", save_png_then_sigterm)
+    monkeypatch.setattr(evaluate, "scene_figure", scene_figure_then_sigterm)
     out = tmp_path / "report"
     code, _, err = run(capsys, "evaluate", "--ckpt", w.model, "--out", out, "--window", "64", "--stride", "64")
     assert code == 143 and err.strip().splitlines()[-1].startswith("interrupted by SIGTERM")

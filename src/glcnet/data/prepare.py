@@ -129,8 +129,7 @@ def prepare(fmt: str, src: str | Path, out: str | Path, *, tile_size: int = 256,
             del mask
             progress.update(h * w)
         progress.close()
-        log.info("prepare: %d scenes (%.1f Mpx) read, decoded and tiled in %s", len(sources), pixels / 1e6,
-                 duration(time.monotonic() - t0))
+        tiled_s = time.monotonic() - t0
 
         classes = f.final_classes()
         k = len(classes)
@@ -142,6 +141,8 @@ def prepare(fmt: str, src: str | Path, out: str | Path, *, tile_size: int = 256,
         mean, std = _mean_std(arrays, value_range, ds_nodata)
         del arrays
         _check_labels(f, src, classes, counts)
+        log.info("prepare: %d scenes (%.1f Mpx) read, decoded and tiled in %s", len(sources), pixels / 1e6,
+                 duration(tiled_s))
         subsets = labelled_subsets(has_label, fractions, seed)
         colors = [list(c) for c in f.colors] if len(f.colors) == k else default_colors(k)
         write_json(tmp / "dataset.json", {

@@ -161,17 +161,17 @@ def _pool_loader(cfg: PretrainConfig, ds: Any, world_size: int = 1,
                       persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
 
 
-def _probe_callbacks(cfg: PretrainConfig, ds: Any) -> list[Any]:
-    """The online dense probe (``probe.every`` != 0) when the data set has what it needs, else a note."""
+def _probe_callbacks(cfg: PretrainConfig, ds: Any) -> tuple[list[Any], str]:
+    """The online dense probe (``probe.every`` != 0) when the data set has what it needs, else a note
+    (logged once the run has started)."""
     from glcnet.finetune.probe import DenseProbe, ProbeCallback
 
     if cfg.probe.every == 0:
-        return []
+        return [], ""
     why = DenseProbe.unavailable(ds, cfg.probe.fraction)
     if why:
-        log.info(f"probe off: {cfg.data}: {why}")
-        return []
-    return [ProbeCallback(DenseProbe.from_config(ds, cfg.probe), cfg.probe.every)]
+        return [], f"probe off: {cfg.data}: {why}"
+    return [ProbeCallback(DenseProbe.from_config(ds, cfg.probe), cfg.probe.every)], ""
 
 
 def run(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False) -> Path:
@@ -204,7 +204,9 @@ def run(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False) -> P
     method = build_method(cfg, ds.in_channels, ds.mean, ds.std)
     if cfg.trainer.channels_last:
         method = method.to(memory_format=torch.channels_last)
-    callbacks = [throughput_monitor(cfg), *_probe_callbacks(cfg, ds)]
+    _pool_loader(cfg, ds)  # its checks (tile and view sizes, enough tiles) before the run folder is claimed
+    probes, probe_note = _probe_callbacks(cfg, ds)
+    callbacks = [throughput_monitor(cfg), *probes]
     export = {
         "kind": "pretrained",
         "method": cfg.method.name,
@@ -220,6 +222,8 @@ def run(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False) -> P
                             keep=has_checkpoint):
         run_dir = RunDir.create(out, cfg, cfg.seed,
                                 extra={"task": "pretrain", "resumed_from": last if resume else None})
+        if probe_note:
+            log.info(probe_note)
         trainer = build_trainer(cfg.trainer, run_dir, max_epochs=cfg.optim.epochs, seed=cfg.seed,
                                 find_unused_parameters=method.find_unused_parameters,
                                 callbacks=[*callbacks, ConfigInCheckpoint("pretrain", cfg)],
