@@ -56,6 +56,7 @@ TINY = {  # per command: overrides appended to the README's line (the scale, not
     "predict": ["--window", "64", "--stride", "64", "--no-progress"],
     "experiment": [f"{s}.{o}" for s in ("pretrain", "finetune") for o in (*GRID_NET, *TRAIN)]
     + ["pretrain.views.size=48", "pretrain.method.patch_size=8", "pretrain.trainer.batch_size=2",
+       "pretrain.method.bn_splits=1",  # MoCo v2 at batch 2: plain BatchNorm (shuffle-BN: benchmark pretrain below)
        "pretrain.method.jigsaw_permutations=4", "pretrain.trainer.limit_batches=1.0", "finetune.crop=64",
        "finetune.trainer.batch_size=2", "finetune.val_every=1", "finetune.eval.window=64",
        "finetune.eval.stride=64", "seeds=[0]", "fractions=[1.0]", "probe=false"],  # probes: test_probe.py
