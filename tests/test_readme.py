@@ -1,6 +1,7 @@
-"""Every command line of the README runs, as written, with tiny settings and tiny data.
+"""Every command line of the README (and of the docs pages in ``PAGES``) runs, as written,
+with tiny settings and tiny data.
 
-The ```bash blocks of README.md are read line by line (continuations joined, comments
+The ```bash blocks of the pages are read line by line (continuations joined, comments
 dropped, ``VAR=...`` assignments substituted). Optional parts in brackets
 (``[--probs]``) are included. Each ``glcnet`` line runs through the real entry point in a
 sandbox folder where the raw data the README names (``Potsdam/``, ``Vaihingen/``, ...)
@@ -35,7 +36,14 @@ NOT_RUN = {
     "make demo": "installs a virtual environment, then runs `glcnet demo --out demo_out` (run here with --quick)",
     "make test": "runs this test suite",
     "torchrun": "needs 4 GPUs; DDP's gathered loss is tested with gloo in test_ddp_gather.py",
+    "glcnet pretrain --config pretrain_paper --data data/potsdam --out runs/glcnet trainer.devices=4":
+        "needs 4 GPUs; DDP through the real CLI runs on the CPU (gloo) in test_ddp.py",
+    "glcnet pretrain --config pretrain_cpu --data data/loveda --out runs/ddp":
+        "2 DDP processes: Lightning would restart the calling script (pytest); test_ddp.py runs this CLI path",
+    "srun": "needs SLURM and 8 GPUs",
+    "glcnet benchmark gpu": "needs a CUDA GPU; its CPU smoke test (--device cpu --tiny) is in test_benchmarks.py",
 }
+PAGES = ("README.md", "docs/distributed.md")  # the pages whose ```bash blocks are the user's command lines
 NET = ["model.encoder=resnet18", "model.aspp_channels=16"]  # a ResNet: the README exports it for timm
 GRID_NET = ["model.encoder=tu-mobilenetv3_small_050", "model.aspp_channels=16"]  # 0.3 M parameters, for the grids
 TRAIN = ["trainer.num_workers=0", "trainer.progress=false", "trainer.max_steps=1", "optim.epochs=1",
@@ -48,11 +56,17 @@ TINY = {  # per command: overrides appended to the README's line (the scale, not
     "predict": ["--window", "64", "--stride", "64", "--no-progress"],
     "experiment": [f"{s}.{o}" for s in ("pretrain", "finetune") for o in (*GRID_NET, *TRAIN)]
     + ["pretrain.views.size=48", "pretrain.method.patch_size=8", "pretrain.trainer.batch_size=2",
+       "pretrain.method.bn_splits=1",  # MoCo v2 at batch 2: plain BatchNorm (shuffle-BN: benchmark pretrain below)
        "pretrain.method.jigsaw_permutations=4", "pretrain.trainer.limit_batches=1.0", "finetune.crop=64",
        "finetune.trainer.batch_size=2", "finetune.val_every=1", "finetune.eval.window=64",
        "finetune.eval.stride=64", "seeds=[0]", "fractions=[1.0]", "probe=false"],  # probes: test_probe.py
 }
 TINY["demo"] = TINY["experiment"]
+TINY["benchmark views"] = ["--batch", "2", "--batches", "1", "--warmup", "0", "--tile", "64", "--size", "48",
+                           "--patch-size", "8"]
+TINY["benchmark pretrain"] = ["--batch", "8", "--tile", "64", "--size", "48", "--steps", "1", "--warmup", "0",
+                              "--workers", "0"]  # batch 8: MoCo v2's 4 shuffle-BN sub-batches
+TINY["benchmark predict"] = ["--sizes", "128,192", "--window", "64", "--stride", "64"]
 ISPRS = [(255, 255, 255), (0, 0, 255), (0, 255, 255), (0, 255, 0), (255, 255, 0), (255, 0, 0)]
 DEEPGLOBE = [(0, 255, 255), (255, 255, 0), (255, 0, 255), (0, 255, 0), (0, 0, 255), (255, 255, 255)]
 
@@ -165,7 +179,7 @@ def _sandboxed(words: list[str], root: Path) -> list[str]:
 
 
 def test_every_readme_command_runs(shared_data, tmp_path, monkeypatch, one_thread):
-    lines = readme_lines()
+    lines = [ln for page in PAGES for ln in readme_lines(REPO / page)]
     env: dict[str, str] = {}
     commands, skipped = [], set()
     for line in lines:
@@ -180,18 +194,18 @@ def test_every_readme_command_runs(shared_data, tmp_path, monkeypatch, one_threa
         assert words[0] == "glcnet", f"README line neither runnable nor in NOT_RUN: {line}"
         commands.append(words[1:])
     assert skipped == set(NOT_RUN), f"NOT_RUN lists lines the README no longer has: {set(NOT_RUN) - skipped}"
-    assert len(commands) >= 20, f"only {len(commands)} command lines found in README.md"
+    assert len(commands) >= 20, f"only {len(commands)} command lines found in {PAGES}"
 
     _sandbox(tmp_path, shared_data)
     monkeypatch.chdir(tmp_path)
     commands.sort(key=lambda c: c[0] != "prepare")  # data sets first; the rest in README order
     for words in commands:
-        argv = _sandboxed(words, tmp_path) + TINY.get(words[0], [])
+        argv = _sandboxed(words, tmp_path) + TINY.get(" ".join(words[:2]), TINY.get(words[0], []))
         if words[0] == "experiment" and not any(w.startswith("methods=") for w in words):
             argv.append("methods=[none,glcnet]")  # a grid that does not name its methods: two of them
         t0 = time.time()
         code = cli_main(argv)
         print(f"README: {time.time() - t0:5.1f} s  glcnet {shlex.join(words)}", file=sys.__stderr__)
-        assert code == 0, f"README line failed ({code}): glcnet {shlex.join(words)}"
+        assert code == 0, f"line of {PAGES} failed ({code}): glcnet {shlex.join(words)}"
     assert (tmp_path / "runs" / "experiment_cpu" / "results.md").is_file()
     assert (tmp_path / "preds" / "scene_uint16_pred.tif").is_file()
