@@ -13,7 +13,8 @@ import torch
 
 from conftest import run_cli
 from glcnet.config import ModelConfig, OptimConfig, PretrainConfig, TrainerConfig, ViewConfig
-from glcnet.engine import _sync_batchnorm, scaled_lr
+from glcnet.engine import scaled_lr
+from glcnet.engine.processes import _sync_batchnorm
 from glcnet.errors import GlcnetError
 from glcnet.finetune.train import EpochShard, RankShard
 from glcnet.ssl import build_method

@@ -110,7 +110,7 @@ def _continue_hint(command: str, argv: list[str], saved: bool) -> str:
 
 
 def _quiet_libraries() -> None:
-    """Keep library warnings that say nothing to a user out of the terminal (see also engine.py)."""
+    """Keep library warnings that say nothing to a user out of the terminal (see also glcnet/engine/trainer.py)."""
     import warnings
 
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")

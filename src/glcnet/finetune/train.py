@@ -32,13 +32,12 @@ from glcnet.config import FinetuneConfig, add_config_args, check_values, config_
 from glcnet.engine import (
     ConfigInCheckpoint,
     build_trainer,
-    check_resume,
     check_trainer,
     fit,
     has_checkpoint,
     loader_workers,
+    previous_run,
     print0,
-    resume_ckpt,
     scaled_lr,
     seed_everything,
 )
@@ -165,16 +164,7 @@ def run(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False) -> P
         raise GlcnetError(f"val_every: must be in 1..optim.epochs ({cfg.optim.epochs}), got {cfg.val_every}")
     ds = PreparedDataset(cfg.data)
     out = Path(cfg.out)
-    last = resume_ckpt(out)
-    if resume and last is None:
-        raise GlcnetError(f"{out}: nothing to resume (no checkpoints/last.ckpt)")
-    if resume and last is not None:
-        check_resume(last, "finetune", cfg)
-    hint = ("a finished fine-tuning is already there (--overwrite replaces it, or choose another --out)"
-            if (out / "model.pt").exists() else
-            "holds a previous run; continue it with --resume (or --overwrite to start again)"
-            if last is not None else "holds a fine-tuning that stopped before its first checkpoint "
-            "(--overwrite starts it again)")
+    last, hint = previous_run(out, "finetune", cfg, resume, result="model.pt", noun="fine-tuning")
     val = SceneDataset(ds, "val")  # model selection: val scenes only, never test
     seed_everything(cfg.seed)
     net = build_model(cfg.model, ds.in_channels, num_classes=ds.num_classes, mean=ds.mean, std=ds.std)

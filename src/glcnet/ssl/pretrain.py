@@ -31,14 +31,13 @@ from glcnet.config import PretrainConfig, add_config_args, check_values, config_
 from glcnet.engine import (
     ConfigInCheckpoint,
     build_trainer,
-    check_resume,
     check_trainer,
     configure_optim,
     fit,
     has_checkpoint,
     loader_workers,
+    previous_run,
     print0,
-    resume_ckpt,
     scaled_lr,
     seed_everything,
 )
@@ -190,16 +189,7 @@ def run(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False) -> P
     keep_freed_memory()  # views batch after batch without page faults; inherited by the DataLoader workers
     ds = PreparedDataset(cfg.data)
     out = Path(cfg.out)
-    last = resume_ckpt(out)
-    if resume and last is None:
-        raise GlcnetError(f"{out}: nothing to resume (no checkpoints/last.ckpt)")
-    if last is not None and resume:
-        check_resume(last, "pretrain", cfg)
-    hint = ("a finished pretraining is already there (--overwrite replaces it, or choose another --out)"
-            if (out / "pretrained.pt").exists() else
-            "holds an unfinished pretraining; continue it with --resume (or --overwrite to start again)"
-            if last is not None else "holds a pretraining that stopped before its first checkpoint "
-            "(--overwrite starts it again)")
+    last, hint = previous_run(out, "pretrain", cfg, resume, result="pretrained.pt", noun="pretraining")
     seed_everything(cfg.seed)
     method = build_method(cfg, ds.in_channels, ds.mean, ds.std)
     if cfg.trainer.channels_last:

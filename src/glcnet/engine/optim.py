@@ -1,0 +1,70 @@
+"""Optimiser and learning rate: Adam, the per-epoch schedule, and the rate scaled to the global batch."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
+
+from glcnet.config import OptimConfig
+from glcnet.errors import GlcnetError
+
+
+def scaled_lr(ocfg: OptimConfig, batch_size: int, world_size: int) -> tuple[float, str]:
+    """Learning rate for the global batch ``B = batch_size x world_size`` and a line saying so.
+
+    ``optim.lr`` is the rate for a global batch of ``ref = optim.ref_batch`` (0: ``batch_size``,
+    one device). ``optim.scale_lr``: ``linear``: ``lr B / ref`` (Goyal et al. 2017, the SGD
+    rule); ``sqrt``: ``lr sqrt(B / ref)`` (default: Adam's update noise stays the same,
+    Malladi et al. 2022); ``none``: ``lr``. One process with ``ref_batch`` 0 is never rescaled.
+    """
+    rule, ref = ocfg.scale_lr, ocfg.ref_batch or batch_size
+    if rule not in ("linear", "sqrt", "none"):
+        raise GlcnetError(f"optim.scale_lr: expected linear, sqrt or none, got {rule!r}")
+    if ref < 0:
+        raise GlcnetError(f"optim.ref_batch: expected 0 (= trainer.batch_size) or a batch size, got {ref}")
+    glob = batch_size * world_size
+    factor = {"linear": glob / ref, "sqrt": math.sqrt(glob / ref), "none": 1.0}[rule]
+    lr = ocfg.lr * factor
+    how = (f"{batch_size} per process x {world_size} processes" if world_size > 1 else "one process")
+    if factor == 1.0:
+        msg = f"learning rate {lr:g} (global batch {glob}: {how}; optim.scale_lr={rule}, reference batch {ref})"
+    else:
+        formula = f"{glob} / {ref}" if rule == "linear" else f"sqrt({glob} / {ref})"
+        msg = (f"learning rate {lr:g} = optim.lr {ocfg.lr:g} x {formula} (optim.scale_lr={rule}; "
+               f"global batch {glob}: {how}; reference batch {ref})")
+    return lr, msg
+
+
+def lr_factor(epoch: int, ocfg: OptimConfig) -> float:
+    """Learning-rate multiplier at ``epoch`` (0-based).
+
+    cosine: ``m + (1 - m) * (1 + cos(pi * t)) / 2`` with ``m = min_lr / lr`` and
+    ``t = (epoch - warmup) / (epochs - warmup)``; exp: ``gamma ** epoch``; constant: 1.
+    Linear warm-up over ``warmup_epochs`` first.
+    """
+    if ocfg.warmup_epochs > 0 and epoch < ocfg.warmup_epochs:
+        return (epoch + 1) / ocfg.warmup_epochs
+    if ocfg.schedule == "cosine":
+        span = max(1, ocfg.epochs - ocfg.warmup_epochs)
+        t = min(1.0, (epoch - ocfg.warmup_epochs) / span)
+        m = ocfg.min_lr / ocfg.lr
+        return m + (1 - m) * 0.5 * (1 + math.cos(math.pi * t))
+    if ocfg.schedule == "exp":
+        return ocfg.gamma**epoch
+    if ocfg.schedule == "constant":
+        return 1.0
+    raise GlcnetError(f"optim.schedule: unknown schedule {ocfg.schedule!r} (valid: cosine, exp, constant)")
+
+
+def configure_optim(params: Iterable[torch.nn.Parameter], ocfg: OptimConfig,
+                    lr: float | None = None) -> OptimizerLRSchedulerConfig:
+    """Adam(lr, betas, weight_decay) + per-epoch schedule, as Lightning's ``configure_optimizers``;
+    ``lr`` (default ``ocfg.lr``): the rate for the global batch (:func:`scaled_lr`)."""
+    lr_factor(0, ocfg)  # validate the schedule name early
+    opt = torch.optim.Adam([p for p in params if p.requires_grad], lr=ocfg.lr if lr is None else lr,
+                           betas=(ocfg.betas[0], ocfg.betas[1]), weight_decay=ocfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: lr_factor(e, ocfg))
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

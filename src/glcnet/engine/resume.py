@@ -1,0 +1,91 @@
+"""``--resume``: where a run continues from, and whether it may.
+
+``RUN/checkpoints/last.ckpt`` (:func:`resume_ckpt`) is what a run resumes. :func:`check_resume`
+refuses a corrupt checkpoint, or settings that cannot continue it, before the run folder is
+touched; :func:`previous_run` does the checks of both commands and words their advice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+from glcnet.config import flat, to_dict
+from glcnet.engine.checkpoints import load_torch
+from glcnet.errors import GlcnetError
+from glcnet.runs import RunDir
+
+
+def resume_ckpt(run: RunDir | Path | str) -> str | None:
+    """``RUN/checkpoints/last.ckpt`` if a previous (possibly killed) run left one."""
+    p = (run.path if isinstance(run, RunDir) else Path(run)) / "checkpoints" / "last.ckpt"
+    return str(p) if p.is_file() else None
+
+
+def has_checkpoint(run: Path) -> bool:
+    """A run folder worth keeping after a failure: it can be resumed."""
+    return resume_ckpt(run) is not None
+
+
+# settings that may differ when a run is resumed (longer schedule, other hardware, logging)
+MAY_CHANGE_ON_RESUME = ("out", "optim.epochs", "trainer.max_steps", "trainer.progress", "trainer.log_every",
+                        "trainer.num_workers", "trainer.checkpoint_every", "trainer.devices", "trainer.num_nodes",
+                        "trainer.strategy", "trainer.accelerator", "early_stop", "eval.")
+_PATH_KEYS = ("data", "init")
+
+
+def _same(key: str, a: Any, b: Any) -> bool:
+    if key in _PATH_KEYS and isinstance(a, str) and isinstance(b, str) and "none" not in (a.lower(), b.lower()):
+        return Path(a).resolve() == Path(b).resolve()
+    return a == b
+
+
+def check_resume(last: str | Path, kind: str, cfg: Any) -> None:
+    """Refuse (one line, nothing touched) to resume ``last`` if it is unreadable, of another kind,
+    or was started with settings other than ``cfg`` outside :data:`MAY_CHANGE_ON_RESUME`."""
+    last = Path(last)
+    ckpt = load_torch(last, "training checkpoint")
+    meta = ckpt.get("glcnet") or {}
+    if "state_dict" not in ckpt or "loops" not in ckpt:
+        raise GlcnetError(f"{last}: not a Lightning training checkpoint; cannot resume from it")
+    if meta.get("kind") not in (None, kind):
+        raise GlcnetError(f"{last}: a {meta['kind']} checkpoint; glcnet {kind} cannot resume it")
+    saved = meta.get("config")
+    if saved is None:  # checkpoints of earlier versions: the run's config.yaml
+        import yaml
+
+        with contextlib.suppress(OSError, yaml.YAMLError):
+            saved = yaml.safe_load((last.parent.parent / "config.yaml").read_text())
+    if not isinstance(saved, dict):
+        return
+    old, new = flat(saved), flat(to_dict(cfg))
+    for key in sorted(set(old) | set(new)):
+        if key.startswith(MAY_CHANGE_ON_RESUME) or key in MAY_CHANGE_ON_RESUME:
+            continue
+        if not _same(key, old.get(key), new.get(key)):
+            raise GlcnetError(f"{last.parent.parent}: cannot resume with {key}={new.get(key)!r}: the run was "
+                              f"started with {key}={old.get(key)!r} (resume with the run's own settings, --config "
+                              f"{last.parent.parent / 'config.yaml'}, or choose another --out)")
+
+
+def previous_run(out: Path, kind: str, cfg: Any, resume: bool, *, result: str, noun: str) -> tuple[str | None, str]:
+    """What ``out`` holds from an earlier run of ``glcnet kind``: ``(last, hint)``.
+
+    ``last``: the checkpoint a resumed run continues (:func:`resume_ckpt`), or None. With
+    ``resume``, refuses (one line) when there is none, or when :func:`check_resume` refuses it.
+    ``hint``: the advice of :func:`glcnet.outputs.run_folder` when ``out`` is taken: a finished
+    run (``out/result`` exists), one to resume, or one that stopped before its first checkpoint;
+    ``noun`` names the run ("pretraining").
+    """
+    last = resume_ckpt(out)
+    if resume and last is None:
+        raise GlcnetError(f"{out}: nothing to resume (no checkpoints/last.ckpt)")
+    if resume and last is not None:
+        check_resume(last, kind, cfg)
+    hint = (f"a finished {noun} is already there (--overwrite replaces it, or choose another --out)"
+            if (out / result).exists() else
+            f"holds an unfinished {noun}; continue it with --resume (or --overwrite to start again)"
+            if last is not None else f"holds a {noun} that stopped before its first checkpoint "
+            "(--overwrite starts it again)")
+    return last, hint
