@@ -210,6 +210,8 @@ def export(run: str | Path, fmt: str, out: str | Path, part: str | None = None,
     if out.suffix == ".json":
         raise GlcnetError(f"{out}: the weights file needs another suffix than .json (e.g. .pt)")
     source = find_checkpoint(run)
+    if out.exists() and not overwrite:
+        raise GlcnetError(f"{out}: already exists (--overwrite replaces it)")
     # FILE.json says who wrote the pair (glcnet.outputs): only an earlier export is replaced, with --overwrite
     outputs.check_file(meta_path, "export", inputs=[run, source], overwrite=overwrite)
     if not meta_path.exists():  # no sidecar: a weights file under this name is not ours
