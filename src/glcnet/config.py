@@ -6,6 +6,9 @@ unknown key is an error that lists the valid keys) with type checks (a wrong typ
 error naming the key), each as one line.
 Every run saves its resolved config (``config.yaml``) in its run directory, so a run
 can be repeated exactly with ``glcnet <command> --config RUN/config.yaml``.
+
+Longer than ~300 lines because it is the one schema of every setting (with its comment)
+plus the one table of allowed ranges (:data:`RANGES`): split, they would be read together anyway.
 """
 
 from __future__ import annotations

@@ -22,6 +22,9 @@ Results are printed and written as JSON (``--json``, default ``benchmark_gpu-DAT
 after every item, so a killed run keeps what it measured. Without CUDA it stops at once
 with one line. ``--device cpu --tiny`` runs every section at toy sizes on the CPU (a smoke
 test of the command, not a measurement).
+
+One module (~400 lines) on purpose: it is the script a lent GPU machine runs once, read and
+checked as a whole before its few minutes of device time.
 """
 
 from __future__ import annotations
