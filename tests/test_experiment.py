@@ -439,3 +439,27 @@ def test_finetune_overrides_share_the_pretraining_and_pretrain_seed(fake, cfg):
     cfg.methods = ["glcnet[finetune.nope=1]"]
     with pytest.raises(GlcnetError, match="unknown key 'nope'"):
         grid.run(cfg)
+
+
+def test_long_cpu_protocol_config(fake, cfg, monkeypatch):
+    """experiment_cpu_long: experiment_cpu's fine-tuning and test with ~10x the pretraining, one
+    pretraining per method shared by paired seeds with their own subsets; every entry runs."""
+    from glcnet.ssl import METHODS
+
+    long, short = (load_config(ExperimentConfig, n) for n in ("experiment_cpu_long", "experiment_cpu"))
+    assert long.finetune == short.finetune and long.fractions == short.fractions == [0.01]
+    assert long.pretrain_seed == 0 and long.subsets == "seed" and len(long.seeds) >= 3
+    assert {"none", "simclr", "mocov2", "glcnet", "glcnet[finetune.load=all]"} <= set(long.methods)
+    steps = long.pretrain.optim.epochs * (2730 // long.pretrain.trainer.batch_size)  # roads: 2,730 pool tiles
+    short_steps = short.pretrain.optim.epochs * short.pretrain.trainer.limit_batches
+    assert steps >= 9 * short_steps and long.pretrain.trainer.limit_batches == 1.0
+    # the grid on fake stages: one pretraining per pretraining method, every (entry, seed) a cell
+    names = sorted({grid.parse_method(m)[0] for m in long.methods})
+    monkeypatch.setattr(grid, "_stages", lambda: {**fake.stages(), "methods": ["none", *METHODS]})
+    for n in names:
+        monkeypatch.setitem(BASE, n, BASE.get(n, 0.55))
+    cfg.methods, cfg.seeds, cfg.fractions = long.methods, long.seeds, long.fractions
+    cfg.pretrain_seed, cfg.subsets = long.pretrain_seed, long.subsets
+    grid.run(cfg, log=lambda s: None)
+    assert sorted(c[1] for c in fake.calls if c[0] == "pretrain") == [n for n in names if n != "none"]
+    assert fake.count("evaluate") == len(long.methods) * len(long.seeds)

@@ -10,6 +10,7 @@ brackets (``methods=[glcnet,glcnet[method.lam=0.25]]``: YAML's flow lists cannot
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -164,9 +165,20 @@ def load(cls: type[T], data: Mapping[str, Any], overrides: Sequence[str], where:
 
 def with_overrides(cfg: T, overrides: Sequence[str], where: str = "") -> T:
     """A copy of the dataclass ``cfg`` with ``key=value`` overrides applied."""
+    if not overrides:  # the experiment asks for many (cell hashes): skip OmegaConf's round trip
+        return copy.deepcopy(cfg)
     return cast(T, to_object(override(OmegaConf.structured(cfg), overrides, where), where))
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain nested dict (tuples as lists) for YAML/JSON."""
-    return cast(dict[str, Any], OmegaConf.to_container(OmegaConf.structured(cfg)))
+    """Plain nested dict (tuples as lists) for YAML/JSON (``dataclasses.asdict``: the experiment
+    hashes every cell's configs, which OmegaConf's container round trip made quadratic-slow)."""
+
+    def plain(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        return x
+
+    return cast(dict[str, Any], plain(dataclasses.asdict(cfg)))
