@@ -107,18 +107,23 @@ class EpochShard(DistributedSampler):
         return self.per_rank
 
 
-def _train_loader(cfg: FinetuneConfig, ds: Any, world_size: int = 1, rank: int = 0) -> DataLoader:
-    """Random crops of the labelled tiles; an epoch is max(#tiles, batch) samples (per process:
-    max(#tiles / processes, batch)), full batches only."""
+def _train_tiles(cfg: FinetuneConfig, ds: Any) -> Any:
+    """Random crops of the labelled tiles of the fraction, checked against the settings."""
     from glcnet.data.prepared import TileDataset
 
     if cfg.crop % 16:
         raise GlcnetError(f"crop: must be a multiple of 16, got {cfg.crop}")
     tiles = TileDataset(ds, splits=("train",), fraction=cfg.fraction, with_mask=True, crop=cfg.crop, augment=True,
                         subset_seed=cfg.subset_seed)
-    bs = cfg.trainer.batch_size
-    if bs < 2:
+    if cfg.trainer.batch_size < 2:
         raise GlcnetError("trainer.batch_size: must be >= 2 (batch norm in the ASPP pooling branch)")
+    return tiles
+
+
+def _train_loader(cfg: FinetuneConfig, tiles: Any, world_size: int = 1, rank: int = 0) -> DataLoader:
+    """Batches of ``tiles``; an epoch is max(#tiles, batch) samples (per process:
+    max(#tiles / processes, batch)), full batches only."""
+    bs = cfg.trainer.batch_size
     if world_size > 1:
         sampler: Sampler = EpochShard(len(tiles), world_size, rank, bs, cfg.seed)
     else:  # with replacement so that a tiny labelled subset (1% of few tiles) still fills a batch
@@ -169,7 +174,7 @@ def run(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False) -> P
     seed_everything(cfg.seed)
     net = build_model(cfg.model, ds.in_channels, num_classes=ds.num_classes, mean=ds.mean, std=ds.std)
     report = load_pretrained(net, cfg.init, cfg.load, cfg.model)
-    _train_loader(cfg, ds)  # its checks (crop, batch size) before the run folder is claimed
+    tiles = _train_tiles(cfg, ds)  # checked (crop, batch size) before the run folder is claimed
     weights = class_weights(cfg.class_weights, (ds.meta.get("class_counts") or {}).get("train"))
     with outputs.run_folder(out, "finetune", resume=resume, overwrite=overwrite, hint=hint, keep=has_checkpoint,
                             inputs=[cfg.data, resolve_init(cfg.init)]):
@@ -185,7 +190,7 @@ def run(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False) -> P
         lr, lr_msg = scaled_lr(cfg.optim, cfg.trainer.batch_size, trainer.world_size)
         log.info(lr_msg)
         task = SegmentationTask(net, cfg.optim, cfg.eval, ds.ignore_index, weights, frozen=frozen, lr=lr)
-        loader = _train_loader(cfg, ds, trainer.world_size, trainer.global_rank)
+        loader = _train_loader(cfg, tiles, trainer.world_size, trainer.global_rank)
         # every val pixel once over all ranks: one pooled confusion matrix (SegmentationTask)
         shard = RankShard(len(val), trainer.world_size, trainer.global_rank) if trainer.world_size > 1 else None
         val_loader = DataLoader(val, batch_size=1, collate_fn=first, num_workers=0, sampler=shard)

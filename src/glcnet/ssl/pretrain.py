@@ -137,8 +137,8 @@ def throughput_monitor(cfg: PretrainConfig) -> ThroughputMonitor:
     return ThroughputMonitor(batch_size_fn=_batch_size, window_size=max(2, cfg.trainer.log_every + 1))
 
 
-def _pool_loader(cfg: PretrainConfig, ds: Any, world_size: int = 1,
-                 generator: torch.Generator | None = None) -> DataLoader:
+def _pool(cfg: PretrainConfig, ds: Any) -> Any:
+    """The train + unlabelled tiles pretraining draws from, checked against the settings."""
     from glcnet.data.prepared import TileDataset
 
     pool = TileDataset(ds, splits=("train", "unlabeled"), with_mask=False, uint8=True)  # 8-bit data: raw uint8
@@ -150,6 +150,14 @@ def _pool_loader(cfg: PretrainConfig, ds: Any, world_size: int = 1,
                           f"set views.size <= {tile} (a multiple of 16)")
     if cfg.views.size % 16:
         raise GlcnetError(f"views.size must be a multiple of 16, got {cfg.views.size}")
+    if len(pool) < cfg.trainer.batch_size:
+        raise GlcnetError(f"{cfg.data}: {len(pool)} tiles, fewer than trainer.batch_size={cfg.trainer.batch_size}")
+    return pool
+
+
+def _pool_loader(cfg: PretrainConfig, pool: Any, world_size: int = 1,
+                 generator: torch.Generator | None = None) -> DataLoader:
+    """Batches of ``pool`` for this process (full batches only)."""
     bs = cfg.trainer.batch_size
     if len(pool) < bs * world_size:
         per = f" x {world_size} processes" if world_size > 1 else ""
@@ -194,7 +202,7 @@ def run(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False) -> P
     method = build_method(cfg, ds.in_channels, ds.mean, ds.std)
     if cfg.trainer.channels_last:
         method = method.to(memory_format=torch.channels_last)
-    _pool_loader(cfg, ds)  # its checks (tile and view sizes, enough tiles) before the run folder is claimed
+    pool = _pool(cfg, ds)  # checked (tile and view sizes, enough tiles) before the run folder is claimed
     probes, probe_note = _probe_callbacks(cfg, ds)
     callbacks = [throughput_monitor(cfg), *probes]
     export = {
@@ -221,7 +229,7 @@ def run(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False) -> P
         lr, lr_msg = scaled_lr(cfg.optim, cfg.trainer.batch_size, trainer.world_size)
         log.info(lr_msg)
         task = PretrainTask(method, cfg, export, out, lr=lr)
-        loader = _pool_loader(cfg, ds, trainer.world_size, task.generator)
+        loader = _pool_loader(cfg, pool, trainer.world_size, task.generator)
         t0 = time.monotonic()
         log.info("pretrain %s: %d tiles, %d epochs%s -> %s", cfg.method.name, len(cast(Sized, loader.dataset)),
                  cfg.optim.epochs, " (resumed)" if resume else "", out)
