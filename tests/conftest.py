@@ -5,6 +5,8 @@ In CI (``CI=true``) missing real data is an error, not a skip.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -37,6 +39,22 @@ def run_cli(*args: str, check: bool = True, timeout: float = 600, env: dict | No
                        capture_output=True, text=True, timeout=timeout, env=e)
     if check and p.returncode != 0:
         raise AssertionError(f"glcnet {' '.join(map(str, args))} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def call_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the real ``glcnet`` entry point (``glcnet.cli.main``) in this process, its stdout and
+    stderr captured: what ``run_cli`` checks, without starting an interpreter and importing torch
+    and Lightning again (seconds per call). For refusals and quick commands; signals, DDP and
+    anything that needs a fresh process use ``run_cli``."""
+    from glcnet.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    p = subprocess.CompletedProcess(["glcnet", *map(str, args)], code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"glcnet {' '.join(map(str, args))} failed ({code}):\n{p.stdout}\n{p.stderr}")
     return p
 
 

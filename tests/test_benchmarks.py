@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from conftest import call_cli
 from glcnet.benchmarks import gpu
 from glcnet.config import ExperimentConfig, load_config
 
@@ -29,17 +30,17 @@ def test_pretrain_benchmark_floor_is_the_same_network_on_the_same_batch(cli, tmp
     for r in res.values():
         assert r["ratio"] == pytest.approx(r["step_s"] / r["floor_s"]) and r["floor_s"] > 0
     assert "ratio" in p.stdout and "glcnet step / simclr step" in p.stdout
-    bad = cli("benchmark", "pretrain", "--methods", "byol", check=False)
+    bad = call_cli("benchmark", "pretrain", "--methods", "byol", check=False)
     assert bad.returncode == 2 and "unknown method 'byol'" in bad.stderr
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
-def test_gpu_benchmark_fails_fast_without_cuda(cli, tmp_path):
-    p = cli("benchmark", "gpu", "--json", tmp_path / "g.json", check=False)
+def test_gpu_benchmark_fails_fast_without_cuda(tmp_path):
+    p = call_cli("benchmark", "gpu", "--json", tmp_path / "g.json", check=False)
     assert p.returncode == 2 and p.stdout == ""
     assert p.stderr.count("\n") == 1 and p.stderr.startswith("error: benchmark gpu: no CUDA GPU")
     assert "--device cpu --tiny" in p.stderr and not (tmp_path / "g.json").exists()
-    p = cli("benchmark", "gpu", "--device", "cpu", check=False)
+    p = call_cli("benchmark", "gpu", "--device", "cpu", check=False)
     assert p.returncode == 2 and "add --tiny" in p.stderr
 
 

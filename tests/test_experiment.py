@@ -288,12 +288,15 @@ def test_summary_and_markdown_by_hand():
     assert "failed: oops" in md
 
 
-def test_cli_errors_in_one_line(cli, tmp_path):
-    p = cli("experiment", "--config", tmp_path / "missing.yaml", check=False)
+def test_cli_errors_in_one_line(tmp_path):
+    from conftest import call_cli
+
+    p = call_cli("experiment", "--config", tmp_path / "missing.yaml", check=False)
     assert p.returncode == 2 and p.stderr.startswith(f"error: {tmp_path / 'missing.yaml'}: config file not found")
     assert len(p.stderr.strip().splitlines()) == 1
-    p = cli("experiment", f"data={tmp_path}", check=False)
+    p = call_cli("experiment", "--data", tmp_path, "--out", tmp_path / "grid", check=False)  # flags as in pretrain
     assert p.returncode == 2 and "not a prepared data set" in p.stderr and "Traceback" not in p.stderr
+    assert str(tmp_path) in p.stderr and not (tmp_path / "grid").exists()
 
 
 def test_experiment_configs_load():

@@ -13,6 +13,7 @@ import torch
 from affine import Affine
 from PIL import Image
 
+from conftest import call_cli, run_cli
 from glcnet.data.prepared import PreparedDataset, TileDataset
 
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
@@ -54,9 +55,16 @@ def no_leftovers(parent: Path, name: str = "out") -> bool:
 
 
 # ----------------------------------------------------------------------------- real samples
+@pytest.fixture
+def cli():
+    """``glcnet prepare`` / ``info`` through the real entry point in this process (an interpreter
+    start per call costs seconds; test_potsdam_rgbir_real runs the console command in its own)."""
+    return call_cli
+
+
 def test_potsdam_rgbir_real(shared_data, cli, tmp_path):
     out = tmp_path / "pots"
-    p = cli("prepare", "potsdam", "--src", shared_data / "isprs/potsdam_rgbir", "--out", out)
+    p = run_cli("prepare", "potsdam", "--src", shared_data / "isprs/potsdam_rgbir", "--out", out)
     assert "prepared potsdam" in p.stdout
     meta, splits = load(out)
     assert meta["bands"] == ["R", "G", "B", "NIR"] and meta["dtype"] == "uint8"

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import call_cli, run_cli
 from glcnet.cli import main as cli_main
 from glcnet.config import ModelConfig
 from glcnet.models import build_model
@@ -108,7 +108,7 @@ def test_kill_and_resume_matches_uninterrupted_run(potsdam, tmp_path):
     assert last.exists(), "no checkpoint appeared before the kill"
     killed_at = torch.load(last, weights_only=False)["epoch"]
 
-    p = run_cli(*args, "--out", run, check=False)  # without --resume: refuses, keeps the run
+    p = call_cli(*args, "--out", run, check=False)  # without --resume: refuses, keeps the run
     assert p.returncode == 2 and "--resume" in p.stderr and last.exists()
 
     assert cli_main([*args, "--out", str(run), "--resume"]) == 0
@@ -139,12 +139,12 @@ def test_stop_and_resume_restores_queues_and_key_encoder(potsdam, tmp_path):
 
 
 def test_bad_inputs(potsdam, tmp_path):
-    p = run_cli("pretrain", "--data", potsdam, "--out", tmp_path / "x", "--method", "byol", check=False)
+    p = call_cli("pretrain", "--data", potsdam, "--out", tmp_path / "x", "--method", "byol", check=False)
     assert p.returncode == 2 and "unknown method 'byol'" in p.stderr and "glcnet" in p.stderr
-    p = run_cli("pretrain", "--data", tmp_path, "--out", tmp_path / "y", check=False)
+    p = call_cli("pretrain", "--data", tmp_path, "--out", tmp_path / "y", check=False)
     assert p.returncode == 2 and str(tmp_path) in p.stderr and "Traceback" not in p.stderr
-    p = run_cli("pretrain", "--config", "pretrain_cpu", "--data", potsdam, "--out", tmp_path / "z",
+    p = call_cli("pretrain", "--config", "pretrain_cpu", "--data", potsdam, "--out", tmp_path / "z",
                 "views.size=100", check=False)
     assert p.returncode == 2 and "views.size" in p.stderr
-    p = run_cli("pretrain", "--data", potsdam, "--out", tmp_path / "t", "method.temperature=0", check=False)
+    p = call_cli("pretrain", "--data", potsdam, "--out", tmp_path / "t", "method.temperature=0", check=False)
     assert p.returncode == 2 and "method.temperature" in p.stderr and "Traceback" not in p.stderr

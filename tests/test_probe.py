@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import run_cli
+from conftest import call_cli
 from glcnet.data.prepare import prepare
 from glcnet.data.prepared import PreparedDataset
 from glcnet.data.synthetic import BANDS, CLASSES, generate_scenes
@@ -109,7 +109,7 @@ def test_probe_of_features_that_encode_the_labels(synthetic, tmp_path):
 def test_probe_cli_none_and_a_pretraining_with_the_online_probe(synthetic, tmp_path):
     # random init, written as JSON
     out = tmp_path / "none.json"
-    run_cli("probe", "--ckpt", "none", "--data", synthetic, "--fraction", "0.5", "--out", out,
+    call_cli("probe", "--ckpt", "none", "--data", synthetic, "--fraction", "0.5", "--out", out,
             "probe.layers=[decoder]", "model.aspp_channels=64")
     r = json.loads(out.read_text())
     assert set(r) >= {"decoder", "seconds", "fraction", "init"} and "aspp" not in r
@@ -118,30 +118,30 @@ def test_probe_cli_none_and_a_pretraining_with_the_online_probe(synthetic, tmp_p
     # pretraining: probe at step 0, every 2 steps and at the end; the probe does not change the weights
     common = ["views.size=48", "model.aspp_channels=64", "optim.epochs=1", "trainer.max_steps=3",
               "trainer.batch_size=4", "trainer.num_workers=0", "trainer.progress=false", "probe.fraction=0.5"]
-    p = run_cli("pretrain", "--data", synthetic, "--method", "simclr", "--out", tmp_path / "with", *common,
+    p = call_cli("pretrain", "--data", synthetic, "--method", "simclr", "--out", tmp_path / "with", *common,
                 "probe.every=2")
     assert "probe step 0:" in p.stderr and "probe step 2:" in p.stderr and "probe step 3:" in p.stderr  # progress
     rows = [json.loads(x) for x in (tmp_path / "with" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "probe/decoder_miou" in r] == [0, 2, 3]
-    run_cli("pretrain", "--data", synthetic, "--method", "simclr", "--out", tmp_path / "without", *common,
+    call_cli("pretrain", "--data", synthetic, "--method", "simclr", "--out", tmp_path / "without", *common,
             "probe.every=0")
     a = torch.load(tmp_path / "with" / "pretrained.pt")["state_dict"]
     b = torch.load(tmp_path / "without" / "pretrained.pt")["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
     # after the fact, on the run folder: the data set comes from the run's config, same as the last online probe
-    p = run_cli("probe", "--ckpt", tmp_path / "with", "--fraction", "0.5", "--out", tmp_path / "after.json")
+    p = call_cli("probe", "--ckpt", tmp_path / "with", "--fraction", "0.5", "--out", tmp_path / "after.json")
     after = json.loads((tmp_path / "after.json").read_text())
     last = [r for r in rows if "probe/decoder_miou" in r][-1]
     assert math.isclose(after["decoder"]["miou"], last["probe/decoder_miou"], rel_tol=1e-5)
 
 
 def test_probe_cli_errors(synthetic, tmp_path):
-    p = run_cli("probe", "--ckpt", "none", "--data", synthetic, "--fraction", "0.3", check=False)
+    p = call_cli("probe", "--ckpt", "none", "--data", synthetic, "--fraction", "0.3", check=False)
     assert p.returncode == 2 and "no labelled subset 0.3" in p.stderr
-    p = run_cli("probe", "--ckpt", tmp_path / "missing.pt", "--data", synthetic, check=False)
+    p = call_cli("probe", "--ckpt", tmp_path / "missing.pt", "--data", synthetic, check=False)
     assert p.returncode == 2 and "missing.pt" in p.stderr
-    p = run_cli("probe", "--ckpt", "none", check=False)
+    p = call_cli("probe", "--ckpt", "none", check=False)
     assert p.returncode == 2 and "--data" in p.stderr
 
 

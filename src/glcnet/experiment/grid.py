@@ -400,6 +400,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``glcnet experiment``."""
     add_config_args(parser, "experiment_cpu, experiment_potsdam_paper", run_dir=False,
                     example="seeds=[0,1] pretrain.optim.epochs=5")
+    parser.add_argument("--data", help="prepared data set folder (overrides data:)")
+    parser.add_argument("--out", help="experiment folder (overrides out:); a rerun continues it")
     parser.add_argument("--only-table", action="store_true",
                         help="rebuild the tables, plot and report.html from finished cells; run nothing")
 
@@ -420,7 +422,7 @@ def exit_status(cfg: ExperimentConfig) -> int:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``glcnet experiment``; returns the exit status."""
-    cfg = config_from_args(ExperimentConfig, args, {})
+    cfg = config_from_args(ExperimentConfig, args)
     paths = run(cfg, only_table=args.only_table)
     print(paths["md"].read_text())
     print(f"report: {paths['html']}  (also results.md, results.csv, {paths['png'].name})")
