@@ -11,11 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from conftest import call_cli
+from glcnet.config import ModelConfig
 from glcnet.data.prepare import prepare
 from glcnet.data.prepared import PreparedDataset
 from glcnet.data.synthetic import BANDS, CLASSES, generate_scenes
 from glcnet.experiment.stats import paired_difference
-from glcnet.finetune.probe import DenseProbe, fit_linear_probe, sample_features
+from glcnet.finetune.probe import DenseProbe, ProbeCallback, ProbeStopped, fit_linear_probe, sample_features
+from glcnet.models import build_model
 
 
 def test_fit_separates_linearly_separable_features():
@@ -104,6 +106,31 @@ def test_probe_of_features_that_encode_the_labels(synthetic, tmp_path):
     assert result["decoder"]["oa"] > 0.9, result
     assert result["decoder"]["miou"] > result["aspp"]["miou"] > 0.2, result
     assert net.training  # mode restored
+
+
+def test_a_signal_ends_the_probe_not_the_checkpoint(synthetic, monkeypatch):
+    """A signal during a probe (seconds of work) makes it give up between batches, so that the
+    training step reaches StopOnSignal's checkpoint within the grace period; nothing is logged as a result."""
+    from types import SimpleNamespace
+
+    from glcnet.finetune import probe as probe_module
+    from glcnet.utils import signals
+
+    ds = PreparedDataset(synthetic)
+    probe = DenseProbe(ds, fraction=1.0, window=64)
+    net = build_model(ModelConfig(encoder="resnet18", aspp_channels=16), ds.in_channels, num_classes=ds.num_classes)
+    with pytest.raises(ProbeStopped):
+        probe(net, stop=lambda: True)
+    assert net.training  # mode restored
+    logged = []
+    lines: list[str] = []
+    trainer = SimpleNamespace(global_step=0, is_global_zero=True,
+                              loggers=[SimpleNamespace(log_metrics=lambda m, step: logged.append(m))])
+    callback = ProbeCallback(probe, every=1)
+    monkeypatch.setattr(signals, "requested", lambda: 15)  # SIGTERM received, deferred to the step's end
+    monkeypatch.setattr(probe_module.log, "info", lines.append)
+    callback._run(trainer, SimpleNamespace(method=SimpleNamespace(net=net)))
+    assert logged == [] and callback._bar == {} and lines == ["probe step 0: stopped by a signal"]
 
 
 def test_probe_cli_none_and_a_pretraining_with_the_online_probe(synthetic, tmp_path):

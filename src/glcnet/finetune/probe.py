@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +46,7 @@ from glcnet.config import ProbeConfig
 from glcnet.data.splits import window_starts
 from glcnet.errors import GlcnetError
 from glcnet.finetune.metrics import compute_metrics, confusion_matrix
+from glcnet.utils import signals
 from glcnet.utils.progress import log
 
 if TYPE_CHECKING:
@@ -135,6 +136,11 @@ def _pad_to(image: torch.Tensor, window: int) -> torch.Tensor:
     return F.pad(image[None], (0, pw, 0, ph), mode=mode)[0]
 
 
+class ProbeStopped(Exception):
+    """A stop was asked for (a signal) while probing: the probe gives up at once, so that
+    training reaches its safe point (the checkpoint at the end of the step) within the grace period."""
+
+
 class DenseProbe:
     """Linear probes of a prepared data set's labelled train tiles (one fraction), scored on val scenes.
 
@@ -195,11 +201,13 @@ class DenseProbe:
         return None
 
     @torch.no_grad()
-    def fit(self, net: DeepLab) -> dict[str, LinearProbe]:
+    def fit(self, net: DeepLab, stop: Callable[[], bool] = lambda: False) -> dict[str, LinearProbe]:
         dev = next(net.parameters()).device
         feats: dict[str, list[torch.Tensor]] = {k: [] for k in self.layers}
         labels: list[torch.Tensor] = []
         for i in range(0, len(self.tiles), self.batch_size):
+            if stop():
+                raise ProbeStopped
             chunk = self.tiles[i:i + self.batch_size]
             maps = _features(net, torch.stack([t["image"] for t in chunk]).to(dev), self.layers)
             for j, t in enumerate(chunk):  # features at the sampled pixels: [n, D] per layer
@@ -213,8 +221,8 @@ class DenseProbe:
                 for k, v in feats.items()}
 
     @torch.no_grad()
-    def predict_scene(self, net: DeepLab, probes: dict[str, LinearProbe],
-                      image: torch.Tensor) -> dict[str, torch.Tensor]:
+    def predict_scene(self, net: DeepLab, probes: dict[str, LinearProbe], image: torch.Tensor,
+                      stop: Callable[[], bool] = lambda: False) -> dict[str, torch.Tensor]:
         """Class maps ``{layer: [H, W] int64}`` of one scaled scene ``[C, H, W]`` (module doc)."""
         dev = next(net.parameters()).device
         _, h, w = image.shape
@@ -224,6 +232,8 @@ class DenseProbe:
         out = {k: torch.empty(hp, wp, dtype=torch.int64) for k in probes}
         origins = [(y, xx) for y in window_starts(hp, win, win) for xx in window_starts(wp, win, win)]
         for i in range(0, len(origins), self.batch_size):
+            if stop():
+                raise ProbeStopped
             chunk = origins[i:i + self.batch_size]
             batch = torch.stack([x[:, y:y + win, xx:xx + win] for y, xx in chunk]).to(dev)  # [B, C, win, win]
             maps = _features(net, batch, list(probes))
@@ -235,16 +245,17 @@ class DenseProbe:
                     out[k][y:y + win, xx:xx + win] = c
         return {k: v[:h, :w] for k, v in out.items()}
 
-    def __call__(self, net: DeepLab) -> dict[str, Any]:
-        """Fit and score the probes of ``net``'s frozen features; the network's mode is restored."""
+    def __call__(self, net: DeepLab, stop: Callable[[], bool] = lambda: False) -> dict[str, Any]:
+        """Fit and score the probes of ``net``'s frozen features; the network's mode is restored.
+        ``stop`` is asked between batches: when true, :class:`ProbeStopped` is raised."""
         t0 = time.perf_counter()
         was_training = net.training
         net.eval()
         try:
-            probes = self.fit(net)
+            probes = self.fit(net, stop)
             cms = {k: torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64) for k in probes}
             for s in self.scenes:
-                for k, pred in self.predict_scene(net, probes, s["image"]).items():
+                for k, pred in self.predict_scene(net, probes, s["image"], stop).items():
                     cms[k] += confusion_matrix(pred, s["mask"], self.num_classes, self.ignore_index)
         finally:
             net.train(was_training)
@@ -297,7 +308,11 @@ class ProbeCallback(Callback):
         self.last_step = step
         if not trainer.is_global_zero:
             return
-        result = self.probe(pl_module.method.net)
+        try:  # a signal (glcnet.utils.signals) ends the probe, not the step's checkpoint
+            result = self.probe(pl_module.method.net, stop=lambda: bool(signals.requested()))
+        except ProbeStopped:
+            log.info(f"probe step {step}: stopped by a signal")
+            return
         self.probe_seconds += result["seconds"]
         metrics = {**flat_metrics(result), "probe/seconds": result["seconds"]}
         for logger in trainer.loggers:
