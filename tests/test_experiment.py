@@ -447,7 +447,7 @@ def test_finetune_overrides_share_the_pretraining_and_pretrain_seed(fake, cfg):
 def test_long_cpu_protocol_config(fake, cfg, monkeypatch):
     """experiment_cpu_long: experiment_cpu's fine-tuning and test with ~10x the pretraining, one
     pretraining per method shared by paired seeds with their own subsets; every entry runs."""
-    from glcnet.ssl import METHODS
+    from glcnet.ssl import METHOD_NAMES
 
     long, short = (load_config(ExperimentConfig, n) for n in ("experiment_cpu_long", "experiment_cpu"))
     assert long.finetune == short.finetune and long.fractions == short.fractions == [0.01]
@@ -458,7 +458,7 @@ def test_long_cpu_protocol_config(fake, cfg, monkeypatch):
     assert steps >= 9 * short_steps and long.pretrain.trainer.limit_batches == 1.0
     # the grid on fake stages: one pretraining per pretraining method, every (entry, seed) a cell
     names = sorted({grid.parse_method(m)[0] for m in long.methods})
-    monkeypatch.setattr(grid, "_stages", lambda: {**fake.stages(), "methods": ["none", *METHODS]})
+    monkeypatch.setattr(grid, "_stages", lambda: {**fake.stages(), "methods": list(METHOD_NAMES)})
     for n in names:
         monkeypatch.setitem(BASE, n, BASE.get(n, 0.55))
     cfg.methods, cfg.seeds, cfg.fractions = long.methods, long.seeds, long.fractions
