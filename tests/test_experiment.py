@@ -133,7 +133,9 @@ def test_grid_runs_every_cell_and_pretrains_once(fake, cfg):
     assert float(r["dkappa_vs_simclr_mean"]) == pytest.approx(0.10)
     paired = md.split("## Paired differences")[1].split("## Cells")[0]
     glc = next(ln for ln in paired.splitlines() if ln.startswith("| GLCNet"))
-    assert glc.startswith("| GLCNet | +20.00 [+20.00, +20.00] | +10.00 [+10.00, +10.00] | 55.00 | 30.00 | – |")
+    assert glc.startswith("| GLCNet | +20.00 [+20.00, +20.00] | +10.00 [+10.00, +10.00] |  | 55.00 | 30.00 | – |")
+    simclr = next(ln for ln in paired.splitlines() if ln.startswith("| SimCLR"))  # and to GLCNet, for its variants
+    assert simclr.startswith("| SimCLR | +10.00 [+10.00, +10.00] |  | -10.00 [-10.00, -10.00] | 45.00 |")
 
 
 def test_method_entries_with_overrides_are_their_own_rows(fake, cfg):

@@ -24,7 +24,8 @@ METRICS = [("kappa", "Kappa"), ("miou", "mIoU"), ("oa", "OA"), ("mean_f1", "mean
 # frozen-feature probe of each cell's initial network (val scenes): key in CellResult.probe, label
 PROBE = [("decoder_miou", "probe mIoU (decoder)"), ("aspp_miou", "probe mIoU (ASPP)"),
          ("decoder_kappa", "probe Kappa (decoder)"), ("aspp_kappa", "probe Kappa (ASPP)")]
-BASELINES = ("none", "simclr")  # paired differences are taken to these, where present
+# paired differences are taken to these, where present (to GLCNet: for its variants and the newer methods)
+BASELINES = ("none", "simclr", "glcnet")
 # the paper's row order (baselines, then GLCNet ablations, then GLCNet), then the methods after GLCNet
 PAPER_ORDER = ["none", "imagenet", "inpainting", "jigsaw", "simclr", "mocov2",
                "glcnet_no_style", "glcnet_no_global", "glcnet_no_local", "glcnet",
