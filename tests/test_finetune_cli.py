@@ -202,3 +202,36 @@ def test_frozen_parts_stay_exactly_as_loaded(pipeline):
     assert trained and not all(torch.equal(pre[k], got[k]) for k in trained)
     bad = cli_main(["finetune", "--data", str(pipeline["prep"]), "--out", str(out / "x"), *FT, "freeze=all"])
     assert bad == 2
+    bad = cli_main(["finetune", "--data", str(pipeline["prep"]), "--out", str(out / "x"), *FT, "loaded_lr_mult=0"])
+    assert bad == 2 and not (out / "x").exists()
+
+
+def test_loaded_parts_learn_at_their_own_rate():
+    """loaded_lr_mult: the loaded parts form an Adam group at mult x lr, the rest at lr; the schedule scales both;
+    frozen parameters are in no group."""
+    from glcnet.config import EvalConfig, ModelConfig, OptimConfig
+    from glcnet.finetune.task import SegmentationTask
+    from glcnet.models import build_model
+    from glcnet.models.deeplab import PARTS
+
+    net = build_model(ModelConfig(encoder="resnet18", aspp_channels=32), 3, num_classes=2)
+    optim = OptimConfig(lr=1e-3, epochs=4, schedule="exp", gamma=0.5)
+    task = SegmentationTask(net, optim, EvalConfig(), slow=PARTS["encoder+aspp"], slow_mult=0.1)
+    conf = task.configure_optimizers()
+    fast, slow = conf["optimizer"].param_groups
+    names = {id(p): n for n, p in net.named_parameters()}
+    assert {names[id(p)].startswith(("encoder.", "decoder.aspp.")) for p in slow["params"]} == {True}
+    assert {names[id(p)].startswith(("encoder.", "decoder.aspp.")) for p in fast["params"]} == {False}
+    assert len(fast["params"]) + len(slow["params"]) == len(names)
+    assert (fast["lr"], slow["lr"]) == pytest.approx((1e-3, 1e-4))
+    conf["lr_scheduler"]["scheduler"].step()
+    assert (fast["lr"], slow["lr"]) == pytest.approx((5e-4, 5e-5))
+    # a frozen encoder is in no group; one rate (mult 1) keeps the single group of earlier versions
+    frozen = SegmentationTask(net, optim, EvalConfig(), frozen=PARTS["encoder"], slow=PARTS["encoder+aspp"],
+                              slow_mult=0.1).configure_optimizers()["optimizer"].param_groups
+    assert all(not names[id(p)].startswith("encoder.") for g in frozen for p in g["params"])
+    assert len(frozen[1]["params"]) == sum(n.startswith("decoder.aspp.") for n in names.values())
+    for p in net.parameters():
+        p.requires_grad_(True)
+    one = SegmentationTask(net, optim, EvalConfig(), slow=PARTS["encoder+aspp"]).configure_optimizers()
+    assert len(one["optimizer"].param_groups) == 1

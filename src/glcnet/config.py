@@ -190,6 +190,7 @@ class FinetuneConfig:
     init: str = "none"  # "none" or a pretrained checkpoint (pretrained.pt or a run dir)
     load: str = "encoder+aspp"  # encoder | encoder+aspp | all
     freeze: str = "none"  # none | encoder | encoder+aspp: not trained (BN statistics too), e.g. to probe features
+    loaded_lr_mult: float = 1.0  # learning rate of the loaded (pretrained) parts = optim's rate x this; 1: one rate
     fraction: float = 0.01  # labelled subset chosen by prepare: 0.01 0.05 0.1 0.2 1.0
     subset_seed: int = -1  # -1: prepare's labelled subset; >= 0: a same-sized nested subset drawn with this seed
     crop: int = 256

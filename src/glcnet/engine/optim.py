@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
 
 import torch
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 
 from glcnet.config import OptimConfig
 from glcnet.errors import GlcnetError
+
+ParamGroup = dict[str, Any]  # {"params": [Parameter, ...], "lr_mult": float}
 
 
 def scaled_lr(ocfg: OptimConfig, batch_size: int, world_size: int) -> tuple[float, str]:
@@ -59,12 +62,20 @@ def lr_factor(epoch: int, ocfg: OptimConfig) -> float:
     raise GlcnetError(f"optim.schedule: unknown schedule {ocfg.schedule!r} (valid: cosine, exp, constant)")
 
 
-def configure_optim(params: Iterable[torch.nn.Parameter], ocfg: OptimConfig,
+def configure_optim(params: Iterable[torch.nn.Parameter] | Sequence[ParamGroup], ocfg: OptimConfig,
                     lr: float | None = None) -> OptimizerLRSchedulerConfig:
     """Adam(lr, betas, weight_decay) + per-epoch schedule, as Lightning's ``configure_optimizers``;
-    ``lr`` (default ``ocfg.lr``): the rate for the global batch (:func:`scaled_lr`)."""
+    ``lr`` (default ``ocfg.lr``): the rate for the global batch (:func:`scaled_lr`).
+
+    ``params``: the parameters, or groups ``{"params": [...], "lr_mult": m}`` whose rate is
+    ``m lr`` (the schedule multiplies every group's rate alike). Parameters without gradient are left out.
+    """
     lr_factor(0, ocfg)  # validate the schedule name early
-    opt = torch.optim.Adam([p for p in params if p.requires_grad], lr=ocfg.lr if lr is None else lr,
-                           betas=(ocfg.betas[0], ocfg.betas[1]), weight_decay=ocfg.weight_decay)
+    base = ocfg.lr if lr is None else lr
+    items = list(params)
+    groups = items if items and isinstance(items[0], dict) else [{"params": items}]
+    kept = [{"params": ps, "lr": base * g.get("lr_mult", 1.0)} for g in cast(list[ParamGroup], groups)
+            if (ps := [p for p in g["params"] if p.requires_grad])]
+    opt = torch.optim.Adam(kept, lr=base, betas=(ocfg.betas[0], ocfg.betas[1]), weight_decay=ocfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: lr_factor(e, ocfg))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

@@ -8,7 +8,9 @@ at the end of the pass it logs
 ``val_miou``, ``val_kappa``, ``val_oa`` and ``val_mean_f1`` (:mod:`glcnet.finetune.metrics`).
 Model selection (``best.ckpt``) maximises ``val_miou``. Parameters under the ``frozen``
 prefixes get no gradient and their batch-norm layers keep their statistics (eval mode
-even while training), so a frozen part is exactly the loaded one.
+even while training), so a frozen part is exactly the loaded one. Parameters under the
+``slow`` prefixes (the loaded, pretrained parts) learn at ``slow_mult x lr``, the others at
+``lr`` (discriminative fine-tuning: a few labels then move the pretrained features less).
 """
 
 from __future__ import annotations
@@ -36,13 +38,15 @@ class SegmentationTask(L.LightningModule):
     class_weights: torch.Tensor | None  # [K] buffer
 
     def __init__(self, net: DeepLab, optim: OptimConfig, eval_cfg: EvalConfig, ignore_index: int = 255,
-                 class_weights: torch.Tensor | None = None, frozen: tuple[str, ...] = (), lr: float | None = None):
+                 class_weights: torch.Tensor | None = None, frozen: tuple[str, ...] = (), lr: float | None = None,
+                 slow: tuple[str, ...] = (), slow_mult: float = 1.0):
         super().__init__()
         self.net, self.optim, self.eval_cfg, self.ignore_index = net, optim, eval_cfg, ignore_index
         self.lr = optim.lr if lr is None else lr  # for the global batch (glcnet.engine.scaled_lr)
         self.register_buffer("class_weights", class_weights, persistent=False)
         self.val_cm = MulticlassConfusionMatrix(net.num_classes, ignore_index=ignore_index)
         self.frozen = frozen  # parameter-name prefixes of self.net
+        self.slow, self.slow_mult = slow, slow_mult  # prefixes learning at slow_mult x lr
         for name, p in net.named_parameters():
             if name.startswith(frozen):
                 p.requires_grad_(False)
@@ -72,7 +76,13 @@ class SegmentationTask(L.LightningModule):
             self.log(f"val_{key}", float(m[key]), prog_bar=key in ("miou", "kappa"), sync_dist=False)
 
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
-        return configure_optim(self.net.parameters(), self.optim, lr=self.lr)
+        if not self.slow or self.slow_mult == 1.0:  # one group (the checkpoints of earlier versions resume)
+            return configure_optim(self.net.parameters(), self.optim, lr=self.lr)
+        named = list(self.net.named_parameters())
+        fast = [p for n, p in named if not n.startswith(self.slow)]
+        slow = [p for n, p in named if n.startswith(self.slow)]
+        groups: list[dict[str, Any]] = [{"params": fast}, {"params": slow, "lr_mult": self.slow_mult}]
+        return configure_optim(groups, self.optim, lr=self.lr)
 
 
 def first(batch: list[Any]) -> Any:

@@ -165,6 +165,8 @@ def run(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False) -> P
         raise GlcnetError("finetune: no data set given (--data PREPARED or data: in the config)")
     if cfg.freeze not in FREEZE:
         raise GlcnetError(f"freeze: expected one of {', '.join(FREEZE)}, got {cfg.freeze!r}")
+    if not cfg.loaded_lr_mult > 0:
+        raise GlcnetError(f"loaded_lr_mult: must be > 0 (--freeze keeps a part as loaded), got {cfg.loaded_lr_mult}")
     if not 1 <= cfg.val_every <= cfg.optim.epochs:
         raise GlcnetError(f"val_every: must be in 1..optim.epochs ({cfg.optim.epochs}), got {cfg.val_every}")
     ds = PreparedDataset(cfg.data)
@@ -188,8 +190,12 @@ def run(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False) -> P
                                 early_stop=cfg.early_stop, check_val_every_n_epoch=cfg.val_every, label="finetune",
                                 callbacks=[ConfigInCheckpoint("finetune", cfg)])
         lr, lr_msg = scaled_lr(cfg.optim, cfg.trainer.batch_size, trainer.world_size)
+        slow = () if report["init"] == "none" else PARTS[cfg.load]
+        if slow and cfg.loaded_lr_mult != 1.0:
+            lr_msg += f"; the loaded {cfg.load} at x{cfg.loaded_lr_mult:g} (loaded_lr_mult)"
         log.info(lr_msg)
-        task = SegmentationTask(net, cfg.optim, cfg.eval, ds.ignore_index, weights, frozen=frozen, lr=lr)
+        task = SegmentationTask(net, cfg.optim, cfg.eval, ds.ignore_index, weights, frozen=frozen, lr=lr,
+                                slow=slow, slow_mult=cfg.loaded_lr_mult)
         loader = _train_loader(cfg, tiles, trainer.world_size, trainer.global_rank)
         # every val pixel once over all ranks: one pooled confusion matrix (SegmentationTask)
         shard = RankShard(len(val), trainer.world_size, trainer.global_rank) if trainer.world_size > 1 else None
