@@ -335,14 +335,14 @@ def replace(cfg: T, **changes: Any) -> T:
     return dataclasses.replace(cfg, **changes)  # type: ignore[type-var]
 
 
-def add_config_args(parser: argparse.ArgumentParser, packaged: str, *, run_dir: bool = True,
-                    example: str = "optim.epochs=5") -> None:
-    """The config arguments of a command: ``--config``, positional ``KEY=VALUE`` overrides and,
-    for a command with a run directory, ``--data``, ``--out``, ``--resume`` and ``--overwrite``."""
+def add_config_args(parser: argparse.ArgumentParser, packaged: str, *, resume: bool = True,
+                    out_help: str = "run directory (overrides out:)", example: str = "optim.epochs=5") -> None:
+    """The config arguments of a command: ``--config``, ``--data``, ``--out``, positional
+    ``KEY=VALUE`` overrides and, for a command with one run directory, ``--resume`` and ``--overwrite``."""
     parser.add_argument("--config", help=f"YAML config or packaged config name ({packaged})")
-    if run_dir:
-        parser.add_argument("--data", help="prepared data set folder (overrides data:)")
-        parser.add_argument("--out", help="run directory (overrides out:)")
+    parser.add_argument("--data", help="prepared data set folder (overrides data:)")
+    parser.add_argument("--out", help=out_help)
+    if resume:
         parser.add_argument("--resume", action="store_true", help="continue a killed run from checkpoints/last.ckpt")
         parser.add_argument("--overwrite", action="store_true", help="replace a run of the same command in --out")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=f"config overrides, e.g. {example}")

@@ -398,10 +398,9 @@ def run(cfg: ExperimentConfig, only_table: bool = False, title: str = "", note: 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``glcnet experiment``."""
-    add_config_args(parser, "experiment_cpu, experiment_potsdam_paper", run_dir=False,
+    add_config_args(parser, "experiment_cpu, experiment_potsdam_paper", resume=False,
+                    out_help="experiment folder (overrides out:); a rerun continues it",
                     example="seeds=[0,1] pretrain.optim.epochs=5")
-    parser.add_argument("--data", help="prepared data set folder (overrides data:)")
-    parser.add_argument("--out", help="experiment folder (overrides out:); a rerun continues it")
     parser.add_argument("--only-table", action="store_true",
                         help="rebuild the tables, plot and report.html from finished cells; run nothing")
 
