@@ -41,6 +41,8 @@ class FakeStages:
         out.mkdir(parents=True, exist_ok=True)
         method = "none" if cfg.init == "none" else json.loads(Path(cfg.init).read_text())["method"]
         (out / "model.pt").write_text(json.dumps({"method": method, "fraction": cfg.fraction, "seed": cfg.seed}))
+        (out / "checkpoints").mkdir(exist_ok=True)
+        (out / "checkpoints" / "last.ckpt").write_text("resume state")
         val_kappa = BASE[method] - 0.05  # two validation passes; the second (higher val_miou) is selected
         (out / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in [
             {"step": 1, "val_miou": 0.2, "val_kappa": 0.0}, {"step": 2, "train_loss": 0.3},
@@ -100,6 +102,7 @@ def test_grid_runs_every_cell_and_pretrains_once(fake, cfg):
     assert (out / "config.yaml").is_file() and (out / "run.json").is_file()
     cells = sorted((out / "cells").iterdir())
     assert len(cells) == 18 and all((c / "result.json").is_file() for c in cells)
+    assert all((c / "finetune" / "model.pt").is_file() and not (c / "finetune" / "checkpoints").exists() for c in cells)
     assert len(list((out / "pretrain").iterdir())) == 6
     assert paths["png"].stat().st_size > 1000
     # CSV: mean and sample std over seeds 0, 1, 2 of kappa = base + 0.1 f + 0.01 s
@@ -391,6 +394,8 @@ def test_demo_quick_end_to_end(demo):
     assert err.count("finetune: done") == 3 and "ETA" in err
     # every evaluation keeps its class maps for the page
     assert len(list(exp.glob("cells/*/eval/pred/*.png"))) == 3
+    # finished cells keep their weights, not their resume state
+    assert len(list(exp.glob("cells/*/finetune/model.pt"))) == 3 and not list(exp.glob("cells/*/finetune/checkpoints"))
     # rerun: every cell is skipped (results keyed by config hash)
     again = demo["again"].stderr
     assert "pretrain " not in again and "cell " not in again and again.count(": done") == 3
