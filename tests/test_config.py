@@ -22,7 +22,7 @@ def test_nested_defaults_are_kept_when_partially_overridden():
 
 
 def test_unknown_key_lists_valid_keys():
-    with pytest.raises(GlcnetError, match=r"unknown key 'lrr' \(valid: lr, betas"):
+    with pytest.raises(GlcnetError, match=r"unknown key 'lrr' \(valid: optimizer, lr, betas"):
         load_config(PretrainConfig, None, ["optim.lrr=1"])
 
 

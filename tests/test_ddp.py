@@ -14,7 +14,7 @@ import torch
 from conftest import run_cli
 from glcnet.config import ModelConfig, OptimConfig, PretrainConfig, TrainerConfig, ViewConfig
 from glcnet.engine import scaled_lr
-from glcnet.engine.processes import _sync_batchnorm
+from glcnet.engine.processes import sync_batchnorm
 from glcnet.errors import GlcnetError
 from glcnet.finetune.train import EpochShard, RankShard
 from glcnet.ssl import build_method
@@ -94,10 +94,18 @@ def test_lr_rule_and_sync_batchnorm_switch():
     with pytest.raises(GlcnetError, match="optim.scale_lr"):
         scaled_lr(o, 64, 8)
     cpu2 = TrainerConfig(accelerator="cpu", devices="2")
-    assert _sync_batchnorm(cpu2) is False  # auto: off on the CPU
+    assert sync_batchnorm(cpu2) is False  # auto: off on the CPU
     cpu2.sync_batchnorm = True
     with pytest.raises(GlcnetError, match="needs GPUs"):
-        _sync_batchnorm(cpu2)
+        sync_batchnorm(cpu2)
+    gpu2 = TrainerConfig(accelerator="gpu", devices="2")  # (no GPU needed to decide)
+    assert sync_batchnorm(gpu2) is True  # auto: on for DDP over GPUs
+    assert sync_batchnorm(TrainerConfig(accelerator="gpu", devices="1")) is False  # one process
+    # MoCo's shuffle-BN: per-process batch norm on GPUs as on the CPU; asking for SyncBN is refused
+    assert sync_batchnorm(gpu2, "mocov2") is False and sync_batchnorm(gpu2, "glcnet_m") is False
+    gpu2.sync_batchnorm = True
+    with pytest.raises(GlcnetError, match="mocov2 keeps batch norm per process"):
+        sync_batchnorm(gpu2, "mocov2")
 
 
 # ----------------------------------------------------------------------------- 2 processes, real CLI

@@ -32,7 +32,7 @@ class FakeStages:
             raise RuntimeError("boom in pretraining")
         out = Path(cfg.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "pretrained.pt").write_text(json.dumps({"method": cfg.method.name}))
+        (out / "pretrained.pt").write_text(json.dumps({"method": cfg.method.name, "seed": cfg.seed}))
         return out / "pretrained.pt"
 
     def finetune(self, cfg, resume=False):
@@ -60,7 +60,8 @@ class FakeStages:
 
     def probe(self, init, data, cfg, model_cfg, seed):
         method = "none" if init == "none" else json.loads(Path(init).read_text())["method"]
-        self.calls.append(("probe", method, cfg.fraction, seed))
+        pre = None if init == "none" else json.loads(Path(init).read_text())["seed"]
+        self.calls.append(("probe", method, cfg.fraction, seed, pre))
         return {"decoder": {"miou": BASE[method] / 2, "kappa": 0.1, "oa": 0.5}, "seconds": 0.1, "init": init}
 
     def stages(self):
@@ -437,7 +438,9 @@ def test_finetune_overrides_share_the_pretraining_and_pretrain_seed(fake, cfg):
     cfg.fractions, cfg.seeds, cfg.pretrain_seed = [0.01], [0, 1, 2], 0
     paths = grid.run(cfg, log=lambda s: None)
     assert [c[1:3] for c in fake.calls if c[0] == "pretrain"] == [("glcnet", 0)]  # one, shared by 6 cells
-    assert sorted(c[3] for c in fake.calls if c[0] == "probe") == [0] * 9  # all start from seed 0's networks
+    probes = [c for c in fake.calls if c[0] == "probe"]
+    assert sorted(c[4] for c in probes if c[1] != "none") == [0] * 6  # pretrained cells: seed 0's pretraining
+    assert sorted(c[3] for c in probes if c[1] == "none") == [0, 1, 2]  # random init: each cell's own network
     cells = [d.name.split("-f")[0] for d in (Path(cfg.out) / "cells").iterdir()]
     assert len(cells) == 9 and set(cells) == {"none", "glcnet", "glcnet+finetune.load=all"}
     assert grid.finetune_config(cfg, 0.01, 1, "glcnet[finetune.load=all]").load == "all"

@@ -187,17 +187,35 @@ def test_finetune_configs_load():
 
 
 def test_frozen_parts_stay_exactly_as_loaded(pipeline):
-    """--freeze encoder+aspp: no gradient and frozen batch-norm statistics; the decoder still trains."""
+    """--freeze encoder+aspp: no gradient and frozen batch-norm statistics, recomputed first on the same
+    tiles for every init (bn_tiles; 0: as loaded); the decoder still trains."""
     from conftest import run_cli
 
-    out = pipeline["root"] / "frozen"
-    run_cli("finetune", "--data", pipeline["prep"], "--init", pipeline["pre"], "--out", out, *FT,
-            "optim.epochs=1", "--freeze", "encoder+aspp")
+    from glcnet.config import ModelConfig
+    from glcnet.data.prepared import PreparedDataset, sample_tiles
+    from glcnet.models import build_model
+    from glcnet.models.batchnorm import chunks, recalibrate
+
+    out, kept = pipeline["root"] / "frozen", pipeline["root"] / "frozen_kept"
+    for folder, extra in ((out, []), (kept, ["bn_tiles=0"])):
+        run_cli("finetune", "--data", pipeline["prep"], "--init", pipeline["pre"], "--out", folder, *FT,
+                "optim.epochs=1", "--freeze", "encoder+aspp", *extra)
     pre = torch.load(pipeline["pre"] / "pretrained.pt", weights_only=True)["state_dict"]
     got = torch.load(out / "model_last.pt", weights_only=True)["state_dict"]
     frozen = [k for k in pre if k.startswith(("encoder.", "decoder.aspp."))]
-    assert len(frozen) > 100 and any("running_mean" in k for k in frozen)
-    assert all(torch.equal(pre[k], got[k]) for k in frozen)
+    stats = [k for k in frozen if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert len(frozen) > 100 and len(stats) > 20
+    assert all(torch.equal(pre[k], got[k]) for k in frozen if k not in stats)  # weights as loaded
+    # statistics: those of the loaded network recomputed on the sample, then frozen through training
+    ds = PreparedDataset(pipeline["prep"])
+    net = build_model(ModelConfig(aspp_channels=64, atrous_rates=(2, 4, 6)), ds.in_channels, ds.num_classes)
+    net.load_state_dict({k: v for k, v in pre.items()}, strict=False)
+    recalibrate(net, chunks(sample_tiles(ds, ("train", "unlabeled"), 256), 8))
+    want = net.state_dict()
+    assert all(torch.equal(want[k], got[k]) for k in stats if "num_batches" not in k)
+    assert not all(torch.equal(pre[k], got[k]) for k in stats)
+    as_loaded = torch.load(kept / "model_last.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(pre[k], as_loaded[k]) for k in frozen)
     trained = [k for k in pre if k.startswith("decoder.block") and pre[k].is_floating_point()]
     assert trained and not all(torch.equal(pre[k], got[k]) for k in trained)
     bad = cli_main(["finetune", "--data", str(pipeline["prep"]), "--out", str(out / "x"), *FT, "freeze=all"])

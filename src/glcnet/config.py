@@ -41,6 +41,9 @@ class ModelConfig:
     output_stride: int = 16
     aspp_channels: int = 256  # smp ``decoder_channels``: ASPP and decoder width
     in_channels: int = 0  # 0: take the band count of the prepared data set
+    # ASPP dilation rates; null: DeepLabv3+'s for the output stride, (6, 12, 18) at 16 and (12, 24, 36) at 8.
+    # A rate r >= (view or crop side) / output_stride leaves its branch a 1x1 conv (glcnet.models.deeplab)
+    atrous_rates: tuple[int, int, int] | None = None
 
 
 @dataclass
@@ -50,16 +53,20 @@ class ViewConfig:
     size: int = 224  # output side of both views
     scale: tuple[float, float] = (0.4, 1.0)  # RandomResizedCrop area fraction
     ratio: tuple[float, float] = (3 / 4, 4 / 3)  # RandomResizedCrop aspect ratio
-    p_flip: float = 0.8  # view 2: horizontal / vertical flip, each with this probability
-    p_rot: float = 0.8  # view 2: rotation by k*90 degrees, k in {1,2,3}
-    p_jitter: float = 0.8  # view 2: colour jitter
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.4  # HSV jitter on the RGB bands only
-    hue: float = 0.1
-    p_gray: float = 0.1
-    p_blur: float = 0.5
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    # strengths of view 2's augmentations: a preset (glcnet.transforms.presets: reference = the authors'
+    # code, mocov2, strong = glcnet's earlier defaults); each field below, when not null, overrides it
+    preset: str = "reference"
+    p_flip: float | None = None  # view 2: horizontal / vertical flip, each with this probability
+    p_rot: float | None = None  # view 2: rotation by k*90 degrees, k in {1,2,3}
+    p_jitter: float | None = None  # view 2: colour jitter
+    brightness: float | None = None  # factor 1 +- brightness
+    contrast: float | None = None
+    saturation: float | None = None  # HSV jitter on the RGB bands only
+    hue: float | None = None  # in turns (1 = 360 degrees)
+    per_band: bool | None = None  # brightness/contrast factors drawn per band (colour casts) or one per image
+    p_gray: float | None = None
+    p_blur: float | None = None
+    blur_sigma: tuple[float, float] | None = None  # in view pixels (presets: given at 224 px, scaled to views.size)
     rgb_bands: tuple[int, int, int] | None = (0, 1, 2)  # band indices of R,G,B; None: no HSV jitter
     in_loader: bool = False  # make the views in the DataLoader workers (CPU) instead of on the training device
     cpu_chunk: int = 4  # float tiles on the CPU: samples per cache-sized sub-batch; 0 = all
@@ -100,8 +107,11 @@ class MethodConfig:
 
 @dataclass
 class OptimConfig:
-    """Adam and its learning-rate schedule (:func:`glcnet.engine.lr_factor`)."""
+    """AdamW (or Adam) and its learning-rate schedule (:func:`glcnet.engine.lr_factor`)."""
 
+    # adamw: decoupled decay w <- w (1 - lr wd), which leaves a weight without gradient where it is;
+    # adam: the reference's coupled L2 (g + wd w, normalised by Adam: such a weight moves ~lr a step)
+    optimizer: str = "adamw"
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.99)
     weight_decay: float = 1e-5
@@ -150,6 +160,9 @@ class ProbeConfig:
     batch_size: int = 16
     l2: float = 1.0e-4  # L2 penalty of the logistic regression
     max_iter: int = 100  # L-BFGS iterations
+    # batch-norm statistics recomputed on this many train/unlabelled tiles (the same for every network)
+    # before the features are read (glcnet.models.batchnorm); 0: the network's own running statistics
+    bn_tiles: int = 256
 
 
 # ----------------------------------------------------------------------------- commands
@@ -190,7 +203,12 @@ class FinetuneConfig:
     init: str = "none"  # "none" or a pretrained checkpoint (pretrained.pt or a run dir)
     load: str = "encoder+aspp"  # encoder | encoder+aspp | all
     freeze: str = "none"  # none | encoder | encoder+aspp: not trained (BN statistics too), e.g. to probe features
+    bn_tiles: int = 256  # with freeze: BN statistics first recomputed on this many train/unlabelled tiles (0: kept)
     loaded_lr_mult: float = 1.0  # learning rate of the loaded (pretrained) parts = optim's rate x this; 1: one rate
+    # with a pretrained init: for the first warmup_steps optimizer steps only the new layers (decoder, head)
+    # learn; the loaded part's rate is 0 (its batch norms still adapt), so the random head's first large
+    # gradients do not reach the pretrained features (linear-probe-then-fine-tune, Kumar et al. 2022)
+    warmup_steps: int = 0
     fraction: float = 0.01  # labelled subset chosen by prepare: 0.01 0.05 0.1 0.2 1.0
     subset_seed: int = -1  # -1: prepare's labelled subset; >= 0: a same-sized nested subset drawn with this seed
     crop: int = 256
@@ -216,6 +234,9 @@ class ExperimentConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     probe: bool = True  # frozen-feature probe (pretrain.probe.*) of every cell's initial network, and probe curves
     pretrain_seed: int = -1  # -1: one pretraining per seed; >= 0: one pretraining (this seed) shared by all seeds
+    # several pretrainings shared by all seeds: every cell of a pretrained method runs once per pretraining
+    # (intervals then include the pretraining's variance); [] = pretrain_seed's rule
+    pretrain_seeds: list[int] = field(default_factory=list)
     subsets: str = "prepared"  # cells' labelled subsets: prepared (prepare's, one for all seeds) | seed (one per seed)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
@@ -280,11 +301,12 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
                      "temperature", "moco_temperature", "mask_block", "jigsaw_grid", "jigsaw_permutations", "window",
                      "stride", "crop", "val_every", "log_every", "checkpoint_every", "num_nodes", "aspp_channels",
                      "output_stride", "gamma", "limit_batches", "ratio"), _POS),
-    **dict.fromkeys(("weight_decay", "min_lr", "warmup_epochs", "num_workers", "early_stop", "in_channels",
-                     "blur_sigma", "brightness", "contrast", "saturation", "cpu_chunk"), _NONNEG),
+    **dict.fromkeys(("weight_decay", "min_lr", "warmup_epochs", "warmup_steps", "num_workers", "early_stop",
+                     "in_channels", "bn_tiles", "blur_sigma", "brightness", "contrast", "saturation", "cpu_chunk"),
+                    _NONNEG),
     **dict.fromkeys(("fraction", "scale", "mask_ratio"), _UNIT),
     **dict.fromkeys(("p_flip", "p_rot", "p_jitter", "p_gray", "p_blur", "lam", "momentum", "betas", "hue"), _PROB),
-    **dict.fromkeys(("pixels", "max_iter"), _POS),
+    **dict.fromkeys(("pixels", "max_iter", "atrous_rates"), _POS),
     "l2": _NONNEG,
     "ProbeConfig.window": _NONNEG,  # 0: the prepared tile size
 }

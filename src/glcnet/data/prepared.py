@@ -224,6 +224,25 @@ class TileDataset(torch.utils.data.Dataset):
         return out
 
 
+def sample_tiles(ds: PreparedDataset, splits: Sequence[str], count: int, seed: int = 0) -> torch.Tensor:
+    """``count`` tiles of ``splits`` drawn without replacement with a fixed ``seed`` (all of them when
+    fewer), scaled, centre-cropped to the smallest tile side rounded down to a multiple of 16:
+    ``float32 [n, C, s, s]``. The same tiles for every network that is given them (BatchNorm
+    recalibration, :mod:`glcnet.models.batchnorm`)."""
+    tiles = TileDataset(ds, splits=tuple(splits), with_mask=False)
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(tiles), generator=g)[:count].tolist()
+    side = min(min(t.width, t.height) for t in (tiles.items[i] for i in idx)) // 16 * 16
+    if side < 16:
+        raise GlcnetError(f"{ds.root}: tiles smaller than 16 px cannot recalibrate batch norms")
+    out = []
+    for i in idx:
+        x = tiles[i]["image"]
+        y0, x0 = (x.shape[-2] - side) // 2, (x.shape[-1] - side) // 2
+        out.append(x[:, y0:y0 + side, x0:x0 + side])
+    return torch.stack(out)
+
+
 class SceneDataset(torch.utils.data.Dataset):
     """Whole scenes of one split: ``{"name", "image" [C, H, W] scaled, "mask" [H, W] int64,
     "eval_mask" [H, W] int64 (only where prepared)}``; ``mask`` is absent for unlabeled scenes."""

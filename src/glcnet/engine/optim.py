@@ -1,4 +1,13 @@
-"""Optimiser and learning rate: Adam, the per-epoch schedule, and the rate scaled to the global batch."""
+"""Optimiser and learning rate: AdamW (or Adam), the per-epoch schedule, the rate scaled to the global batch.
+
+Why AdamW by default (docs/design.md, "Weight decay"): Adam's coupled L2 adds ``wd w`` to the
+gradient and then divides by its running RMS, so a weight whose loss gradient is exactly 0
+(an ASPP tap that only ever reads padding, a decoder that SimCLR never uses) moves by about
+``lr`` per step towards 0, whatever ``wd`` is: after a few hundred steps at 1e-3 it is gone.
+AdamW's decoupled decay ``w <- w (1 - lr wd)`` moves it by a factor ``1 - 1e-8`` (lr 1e-3,
+wd 1e-5): nothing, in float32. For weights that do get a gradient the two differ little at
+the reference's ``wd = 1e-5``.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +22,7 @@ from glcnet.config import OptimConfig
 from glcnet.errors import GlcnetError
 
 ParamGroup = dict[str, Any]  # {"params": [Parameter, ...], "lr_mult": float}
+OPTIMIZERS: dict[str, type[torch.optim.Adam]] = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
 
 
 def scaled_lr(ocfg: OptimConfig, batch_size: int, world_size: int) -> tuple[float, str]:
@@ -62,20 +72,29 @@ def lr_factor(epoch: int, ocfg: OptimConfig) -> float:
     raise GlcnetError(f"optim.schedule: unknown schedule {ocfg.schedule!r} (valid: cosine, exp, constant)")
 
 
+def check_optim(ocfg: OptimConfig) -> None:
+    """The optimiser and schedule names: one line before any work, not a failure inside the fit."""
+    lr_factor(0, ocfg)
+    if ocfg.optimizer not in OPTIMIZERS:
+        raise GlcnetError(f"optim.optimizer: expected one of {', '.join(OPTIMIZERS)}, got {ocfg.optimizer!r}")
+
+
 def configure_optim(params: Iterable[torch.nn.Parameter] | Sequence[ParamGroup], ocfg: OptimConfig,
                     lr: float | None = None) -> OptimizerLRSchedulerConfig:
-    """Adam(lr, betas, weight_decay) + per-epoch schedule, as Lightning's ``configure_optimizers``;
+    """AdamW or Adam (``ocfg.optimizer``; lr, betas, weight_decay) + per-epoch schedule, as Lightning's
+    ``configure_optimizers``;
     ``lr`` (default ``ocfg.lr``): the rate for the global batch (:func:`scaled_lr`).
 
     ``params``: the parameters, or groups ``{"params": [...], "lr_mult": m}`` whose rate is
     ``m lr`` (the schedule multiplies every group's rate alike). Parameters without gradient are left out.
     """
-    lr_factor(0, ocfg)  # validate the schedule name early
+    check_optim(ocfg)
     base = ocfg.lr if lr is None else lr
     items = list(params)
     groups = items if items and isinstance(items[0], dict) else [{"params": items}]
     kept = [{"params": ps, "lr": base * g.get("lr_mult", 1.0)} for g in cast(list[ParamGroup], groups)
             if (ps := [p for p in g["params"] if p.requires_grad])]
-    opt = torch.optim.Adam(kept, lr=base, betas=(ocfg.betas[0], ocfg.betas[1]), weight_decay=ocfg.weight_decay)
+    opt = OPTIMIZERS[ocfg.optimizer](kept, lr=base, betas=(ocfg.betas[0], ocfg.betas[1]),
+                                     weight_decay=ocfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: lr_factor(e, ocfg))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

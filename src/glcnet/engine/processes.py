@@ -48,13 +48,23 @@ def _strategy(tcfg: TrainerConfig, find_unused: bool) -> str:
     return "ddp_find_unused_parameters_true" if _processes(tcfg) > 1 else tcfg.strategy
 
 
-def _sync_batchnorm(tcfg: TrainerConfig) -> bool:
+def sync_batchnorm(tcfg: TrainerConfig, per_rank: str = "") -> bool:
     """``trainer.sync_batchnorm``: true | false | null (auto: on for DDP over GPUs, as the reference code;
-    off on the CPU, where torch's SyncBatchNorm does not run)."""
+    off on the CPU, where torch's SyncBatchNorm does not run).
+
+    ``per_rank``: the name of a method whose batch norms must stay per process (MoCo's shuffle-BN:
+    the key encoder sees the global batch shuffled over the ranks, so that a query and its key are
+    normalised with other samples; synchronised statistics would undo that). For it, null means
+    off on GPUs as on the CPU (one regime everywhere, as facebookresearch/moco), and true is refused.
+    """
     value = tcfg.sync_batchnorm
+    if value is True and per_rank:
+        raise GlcnetError(f"trainer.sync_batchnorm=true: {per_rank} keeps batch norm per process (shuffle-BN, "
+                          "as MoCo); synchronised statistics would let queries find their keys through them "
+                          "(leave it null)")
     if value is True and not _on_gpu(tcfg):
         raise GlcnetError("trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm does not run on the CPU)")
-    return value is True or (value is None and _on_gpu(tcfg) and _processes(tcfg) > 1)
+    return value is True or (value is None and not per_rank and _on_gpu(tcfg) and _processes(tcfg) > 1)
 
 
 def check_trainer(tcfg: TrainerConfig) -> None:

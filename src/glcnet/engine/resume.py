@@ -41,6 +41,18 @@ def _same(key: str, a: Any, b: Any) -> bool:
     return a == b
 
 
+def _rates_resolved(config: dict[str, Any]) -> dict[str, Any]:
+    """A flat config with ``model.atrous_rates`` as built: null is the output stride's default, and a
+    config of a version without the key was built with smp's (``glcnet.models.deeplab``)."""
+    from glcnet.models.deeplab import DEFAULT_ATROUS_RATES, LEGACY_ATROUS_RATES
+
+    if "model.output_stride" not in config:
+        return config
+    rates = config.get("model.atrous_rates", LEGACY_ATROUS_RATES)
+    rates = DEFAULT_ATROUS_RATES.get(config["model.output_stride"], ()) if rates is None else rates
+    return {**config, "model.atrous_rates": list(rates)}
+
+
 def check_resume(last: str | Path, kind: str, cfg: Any) -> None:
     """Refuse (one line, nothing touched) to resume ``last`` if it is unreadable, of another kind,
     or was started with settings other than ``cfg`` outside :data:`MAY_CHANGE_ON_RESUME`."""
@@ -59,7 +71,7 @@ def check_resume(last: str | Path, kind: str, cfg: Any) -> None:
             saved = yaml.safe_load((last.parent.parent / "config.yaml").read_text())
     if not isinstance(saved, dict):
         return
-    old, new = flat(saved), flat(to_dict(cfg))
+    old, new = _rates_resolved(flat(saved)), _rates_resolved(flat(to_dict(cfg)))
     for key in sorted(set(old) | set(new)):
         if key.startswith(MAY_CHANGE_ON_RESUME) or key in MAY_CHANGE_ON_RESUME:
             continue

@@ -23,7 +23,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from glcnet.config import TrainerConfig
 from glcnet.engine.checkpoints import AtomicCheckpointIO, RngState
 from glcnet.engine.interrupt import StopOnSignal
-from glcnet.engine.processes import _devices, _strategy, _sync_batchnorm
+from glcnet.engine.processes import _devices, _strategy, sync_batchnorm
 from glcnet.engine.progress import EpochBar, EpochLines
 from glcnet.errors import GlcnetError
 from glcnet.runs import RunDir
@@ -48,6 +48,7 @@ def build_trainer(
     callbacks: Iterable[Callback] = (),
     check_val_every_n_epoch: int = 1,
     label: str = "train",
+    per_rank_bn: str = "",
 ) -> L.Trainer:
     """A Trainer logging to CSV + ``metrics.jsonl`` (+ TensorBoard) and checkpointing into ``RUN/checkpoints``.
 
@@ -59,6 +60,7 @@ def build_trainer(
     ``best.ckpt`` keeps the best value of that logged metric (``mode`` max/min) and
     ``early_stop`` > 0 stops after that many validations without improvement. ``seed``:
     the run's seed, from which every rank's random streams derive (:class:`RngState`).
+    ``per_rank_bn``: a method whose batch norms stay per process (:func:`sync_batchnorm`).
     """
     ckpt_dir = run.path / "checkpoints"
     cbs: list[Callback] = []
@@ -88,7 +90,7 @@ def build_trainer(
         devices=_devices(tcfg.devices),
         num_nodes=tcfg.num_nodes,
         strategy=_strategy(tcfg, find_unused_parameters),
-        sync_batchnorm=_sync_batchnorm(tcfg),
+        sync_batchnorm=sync_batchnorm(tcfg, per_rank_bn),
         precision=tcfg.precision,  # type: ignore[arg-type]  # a name that Lightning checks
         max_epochs=max_epochs,
         max_steps=tcfg.max_steps,

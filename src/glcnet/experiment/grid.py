@@ -17,9 +17,11 @@ augmentation studies. Keys under ``finetune.`` change that row's fine-tuning onl
 (``glcnet[finetune.load=all]``): it shares the pretraining of the entry without them.
 ``pretrain_seed: S`` (>= 0) makes every seed's cells start from one pretraining of seed S
 (fine-tuning seeds then vary the labelled subset with ``subsets: seed``, crops and order
-only); the default -1 pretrains once per seed. Every cell records its val-scene metrics at the selected epoch
-next to the test metrics, so that a sweep is chosen on val (``val_kappa_mean`` in
-``results.csv``) and only then read on test.
+only); the default -1 pretrains once per seed. ``pretrain_seeds: [S1, S2, ...]`` runs every
+cell of a pretrained method once per pretraining (folders ``...-s<seed>-p<S>-<hash>``), and the
+tables' intervals include the pretrainings' variance (:mod:`glcnet.experiment.stats`). Every
+cell records its val-scene metrics at the selected epoch next to the test metrics, so that a
+sweep is chosen on val (``val_kappa_mean`` in ``results.csv``) and only then read on test.
 
 ``<hash>`` is a short SHA-1 of the resolved sub-config that determines the run (data
 identity and every setting that differs from the defaults: seed, model, method, schedule;
@@ -57,7 +59,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from glcnet import outputs
 from glcnet.config import (
@@ -193,6 +195,10 @@ def _check(cfg: ExperimentConfig) -> None:
         finetune_config(cfg, cfg.fractions[0], 0, spec)
     if len(set(cfg.methods)) < len(cfg.methods):
         raise GlcnetError("experiment: a method entry is listed twice")
+    if cfg.pretrain_seeds and cfg.pretrain_seed >= 0:
+        raise GlcnetError("experiment: set pretrain_seeds or pretrain_seed, not both")
+    if len(set(cfg.pretrain_seeds)) < len(cfg.pretrain_seeds):
+        raise GlcnetError(f"experiment: pretrain_seeds lists a seed twice: {cfg.pretrain_seeds}")
     if to_dict(cfg.pretrain.model) != to_dict(cfg.finetune.model):
         raise GlcnetError("experiment: pretrain.model and finetune.model differ; set both to the same network")
     labelled = json.loads((Path(cfg.data) / "splits.json").read_text()).get("labelled", {})
@@ -233,17 +239,32 @@ def _probe_flat(cell: Path) -> dict[str, float]:
             for k, v in m.items() if k in ("miou", "kappa", "oa")}
 
 
-def _read_cell(cell: Path, method: str, fraction: float, seed: int, rel: str) -> CellResult:
+def _read_cell(cell: Path, method: str, fraction: float, seed: int, rel: str, pseed: int | None = None) -> CellResult:
     """The stored state of a cell: done (result.json), failed (error.txt) or pending."""
     if (cell / "result.json").is_file():
         r = json.loads((cell / "result.json").read_text())
         val = r["val"] if "val" in r else _stages()["val_metrics"](cell / "finetune")  # cells of older versions
         return CellResult(method, fraction, seed, rel, "done", {k: r["metrics"][k] for k in r["metrics"]}, val=val,
-                          probe=_probe_flat(cell))
+                          probe=_probe_flat(cell), pretrain_seed=pseed)
     if (cell / "error.txt").is_file():
         lines = (cell / "error.txt").read_text().strip().splitlines()
-        return CellResult(method, fraction, seed, rel, "failed", error=lines[-1] if lines else "")
-    return CellResult(method, fraction, seed, rel, "pending")
+        return CellResult(method, fraction, seed, rel, "failed", error=lines[-1] if lines else "", pretrain_seed=pseed)
+    return CellResult(method, fraction, seed, rel, "pending", pretrain_seed=pseed)
+
+
+# Bumped when a default changes what a run computes, so that a rerun into an earlier experiment
+# folder does not take its finished cells for the new settings (cell and pretraining hashes).
+# 2: ASPP rates fitted to the map, AdamW, view presets, batch-norm-recalibrated probes.
+DEFAULTS_VERSION = 2
+
+
+class Cell(NamedTuple):
+    """One cell of the grid: ``pretrain`` is the pretraining seed when the grid has several, else None."""
+
+    method: str
+    fraction: float
+    seed: int
+    pretrain: int | None = None
 
 
 class Grid:
@@ -255,36 +276,49 @@ class Grid:
         self.data = data_id(cfg.data)
         self._pretrain_errors: dict[Path, str] = {}  # failed pretrainings of this process: not retried
 
-    def pretrain_seed(self, seed: int) -> int:
-        """The pretraining a cell of ``seed`` starts from: its own seed, or the shared ``pretrain_seed``."""
+    def pretrain_seed(self, seed: int, pretrain: int | None = None) -> int:
+        """The pretraining a cell of ``seed`` starts from: ``pretrain`` (one of ``pretrain_seeds``), its own
+        seed, or the shared ``pretrain_seed``."""
+        if pretrain is not None:
+            return pretrain
+        if self.cfg.pretrain_seeds:
+            return self.cfg.pretrain_seeds[0]
         return seed if self.cfg.pretrain_seed < 0 else self.cfg.pretrain_seed
 
-    def pretrain_dir(self, method: str, seed: int) -> Path:
+    def pretrain_dir(self, method: str, seed: int, pretrain: int | None = None) -> Path:
         """The pretraining of ``method``'s cells of ``seed`` (shared by entries that differ in ``finetune.*`` only)."""
-        seed = self.pretrain_seed(seed)
-        h = short_hash({"data": self.data, "pretrain": _hashable(pretrain_config(self.cfg, method, seed))})
+        seed = self.pretrain_seed(seed, pretrain)
+        h = short_hash({"data": self.data, "v": DEFAULTS_VERSION,
+                        "pretrain": _hashable(pretrain_config(self.cfg, method, seed))})
         return self.out / "pretrain" / f"{slug(method, pretrain_only=True)}-s{seed}-{h}"
 
-    def cell_dir(self, method: str, fraction: float, seed: int) -> Path:
-        init = "none" if method == "none" else self.pretrain_dir(method, seed).name
+    def cell_dir(self, method: str, fraction: float, seed: int, pretrain: int | None = None) -> Path:
+        init = "none" if method == "none" else self.pretrain_dir(method, seed, pretrain).name
         ft = _hashable(finetune_config(self.cfg, fraction, seed, method))
         ft.pop("init", None)  # replaced by the pretraining's folder name (its hash)
-        h = short_hash({"data": self.data, "init": init, "finetune": ft})
-        return self.out / "cells" / f"{slug(method)}-f{fraction:g}-s{seed}-{h}"
+        h = short_hash({"data": self.data, "v": DEFAULTS_VERSION, "init": init, "finetune": ft})
+        p = "" if pretrain is None else f"-p{pretrain}"
+        return self.out / "cells" / f"{slug(method)}-f{fraction:g}-s{seed}{p}-{h}"
 
-    def cells(self) -> list[tuple[str, float, int]]:
-        """(method, fraction, seed) in run order: seed-major, so early seeds complete whole rows first."""
-        return [(m, f, s) for s in self.cfg.seeds for m in self.cfg.methods for f in self.cfg.fractions]
+    def cells(self) -> list[Cell]:
+        """The cells in run order: seed-major, so early seeds complete whole rows first; with several
+        ``pretrain_seeds``, a pretrained method's cell once per pretraining."""
+        several = self.cfg.pretrain_seeds if len(self.cfg.pretrain_seeds) > 1 else []
+        return [Cell(m, f, s, p) for s in self.cfg.seeds for m in self.cfg.methods for f in self.cfg.fractions
+                for p in (several if several and m != "none" else [None])]
 
     def results(self) -> list[CellResult]:
-        return [_read_cell(self.cell_dir(m, f, s), m, f, s, str(self.cell_dir(m, f, s).relative_to(self.out)))
-                for m, f, s in self.cells()]
+        out = []
+        for c in self.cells():
+            d = self.cell_dir(*c)
+            out.append(_read_cell(d, c.method, c.fraction, c.seed, str(d.relative_to(self.out)), c.pretrain))
+        return out
 
-    def _pretrain(self, method: str, seed: int) -> Path:
-        run = self.pretrain_dir(method, seed)
+    def _pretrain(self, method: str, seed: int, pretrain: int | None = None) -> Path:
+        run = self.pretrain_dir(method, seed, pretrain)
         if run in self._pretrain_errors:
             raise GlcnetError(f"{run}: pretraining failed earlier in this run ({self._pretrain_errors[run]})")
-        seed = self.pretrain_seed(seed)
+        seed = self.pretrain_seed(seed, pretrain)
         try:
             return _train(_stages()["pretrain"], pretrain_config(self.cfg, method, seed), run)
         except Exception as e:
@@ -298,25 +332,26 @@ class Grid:
         pc = copy.deepcopy(self.cfg.pretrain.probe)
         # the cell's subset
         pc.fraction, pc.subset_seed = fraction, finetune_config(self.cfg, fraction, seed).subset_seed
-        result = _stages()["probe"](init, self.cfg.data, pc, self.cfg.finetune.model, self.pretrain_seed(seed))
+        # a pretrained init: its weights; none: the cell's own random network (fine-tuning builds it from seed)
+        result = _stages()["probe"](init, self.cfg.data, pc, self.cfg.finetune.model, seed)
         cell.mkdir(parents=True, exist_ok=True)
         write_json(cell / "probe.json", result)
 
-    def run_cell(self, method: str, fraction: float, seed: int) -> CellResult:
+    def run_cell(self, method: str, fraction: float, seed: int, pretrain: int | None = None) -> CellResult:
         """Pretrain (cached per method/seed), probe, fine-tune, evaluate on test; never raises Exception."""
-        cell = self.cell_dir(method, fraction, seed)
+        cell = self.cell_dir(method, fraction, seed, pretrain)
         rel = str(cell.relative_to(self.out))
-        done = _read_cell(cell, method, fraction, seed, rel)
+        done = _read_cell(cell, method, fraction, seed, rel, pretrain)
         if done.status == "done":
             if self.cfg.probe and not (cell / "probe.json").is_file():  # a cell of a version without the probe
                 self._probe(cell, fraction, seed, json.loads((cell / "result.json").read_text()).get("init", "none"))
-                return _read_cell(cell, method, fraction, seed, rel)
+                return _read_cell(cell, method, fraction, seed, rel, pretrain)
             return done
         (cell / "error.txt").unlink(missing_ok=True)
         t0 = time.time()
         try:
             ft = finetune_config(self.cfg, fraction, seed, method)
-            ft.init = "none" if method == "none" else str(self._pretrain(method, seed))
+            ft.init = "none" if method == "none" else str(self._pretrain(method, seed, pretrain))
             self._probe(cell, fraction, seed, ft.init)
             model = _train(_stages()["finetune"], ft, cell / "finetune")
             shutil.rmtree(cell / "eval", ignore_errors=True)  # a killed evaluation starts over
@@ -325,7 +360,7 @@ class Grid:
             cell.mkdir(parents=True, exist_ok=True)
             write_text(cell / "error.txt", traceback.format_exc())
             self.log(f"FAILED {rel}: {type(e).__name__}: {e}")
-            return _read_cell(cell, method, fraction, seed, rel)
+            return _read_cell(cell, method, fraction, seed, rel, pretrain)
         keep = {k: float(metrics[k]) for k in ("kappa", "miou", "oa", "mean_f1")}
         write_json(cell / "result.json", {
             "method": method, "fraction": fraction, "seed": seed, "metrics": keep,
@@ -333,7 +368,7 @@ class Grid:
             "per_class": metrics.get("per_class"), "init": ft.init, "model": str(model),
             "seconds": round(time.time() - t0, 1)})
         shutil.rmtree(cell / "finetune" / "checkpoints", ignore_errors=True)  # resume state of a finished cell
-        return _read_cell(cell, method, fraction, seed, rel)
+        return _read_cell(cell, method, fraction, seed, rel, pretrain)
 
     def run(self, title: str = "", note: str = "") -> dict[str, Path]:
         """Run every unfinished cell, rewriting the tables after each one; return the output paths.
@@ -350,13 +385,14 @@ class Grid:
                                 extra={"task": "experiment", "data_id": self.data})
         todo = self.cells()
         eta = Eta(len(todo))
-        for i, (m, f, s) in enumerate(todo, 1):
+        for i, cell in enumerate(todo, 1):
             t0 = time.time()
-            name = f"{m} {frac_label(f)} seed {s}"
-            skip = (self.cell_dir(m, f, s) / "result.json").is_file()
+            m, f, s, p = cell
+            name = f"{m} {frac_label(f)} seed {s}" + ("" if p is None else f" pretraining {p}")
+            skip = (self.cell_dir(*cell) / "result.json").is_file()
             if not skip:
                 self.log(f"cell {i}/{len(todo)}: {name} ({eta.text()})")
-            r = self.run_cell(m, f, s)
+            r = self.run_cell(*cell)
             eta.step(ran=not skip)
             kappa = f" kappa={100 * r.metrics['kappa']:.2f}" if r.status == "done" else ""
             self.log(f"[{i}/{len(todo)}] {name}: {r.status}{kappa} ({time.time() - t0:.0f} s)")
@@ -378,7 +414,9 @@ class Grid:
             key = slug(m, pretrain_only=True)
             name, pre = parse_method(m)[0], _split(parse_method(m)[1])[0]
             names[key] = label(f"{name}[{','.join(pre)}]" if pre else name)
-            runs[key] = sorted({d for s in self.cfg.seeds if (d := self.pretrain_dir(m, s)).is_dir()})
+            pretrains: list[int | None] = [*self.cfg.pretrain_seeds] or [None]
+            runs[key] = sorted({d for s in self.cfg.seeds for p in pretrains
+                                if (d := self.pretrain_dir(m, s, p)).is_dir()})
         none = [c.probe for c in cells if c.method == "none" and c.probe and c.fraction == min(self.cfg.fractions)]
         baseline = {layer: sum(p[f"{layer}_miou"] for p in none) / len(none)
                     for layer in ("decoder", "aspp") if none and all(f"{layer}_miou" in p for p in none)}

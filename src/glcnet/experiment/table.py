@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from glcnet.experiment.stats import paired_difference
+from glcnet.experiment.stats import Paired, crossed_difference, paired_difference
 from glcnet.utils.atomic import atomic_path, write_text
 
 METRICS = [("kappa", "Kappa"), ("miou", "mIoU"), ("oa", "OA"), ("mean_f1", "mean F1")]
@@ -53,6 +53,7 @@ class CellResult:
     error: str = ""
     val: dict[str, float] = field(default_factory=dict)  # val scenes, at the selected epoch (model selection)
     probe: dict[str, float] = field(default_factory=dict)  # frozen probe of the initial network: decoder_miou, ...
+    pretrain_seed: int | None = None  # the pretraining it starts from, when the grid has several (pretrain_seeds)
 
 
 @dataclass
@@ -116,22 +117,31 @@ def summarise(cells: list[CellResult]) -> dict[tuple[str, float], Summary]:
     return out
 
 
-def paired(cells: list[CellResult], method: str, baseline: str, fraction: float, metric: str = "kappa"):
-    """Paired difference ``method - baseline`` of a test metric over the seeds both finished."""
-    def by_seed(m: str) -> dict[int, float]:
-        return {c.seed: c.metrics[metric] for c in cells
+def paired(cells: list[CellResult], method: str, baseline: str, fraction: float, metric: str = "kappa") -> Paired:
+    """Paired difference ``method - baseline`` of a test metric over the seeds both finished; with
+    several pretraining seeds, over (pretraining, seed) with both variances (:func:`crossed_difference`).
+    A baseline with one pretraining (or none: random init) is paired with each of the method's."""
+    def by_cell(m: str) -> dict[tuple[int, int], float]:
+        return {(c.pretrain_seed or 0, c.seed): c.metrics[metric] for c in cells
                 if c.method == m and c.fraction == fraction and c.status == "done" and metric in c.metrics}
 
-    a, b = by_seed(method), by_seed(baseline)
-    seeds = sorted(set(a) & set(b))
-    return paired_difference([a[s] for s in seeds], [b[s] for s in seeds])
+    a, b = by_cell(method), by_cell(baseline)
+    if len({p for p, _ in b}) <= 1:
+        b_seed = {s: v for (_, s), v in b.items()}
+        d = {(p, s): v - b_seed[s] for (p, s), v in a.items() if s in b_seed}
+    else:
+        d = {k: v - b[k] for k, v in a.items() if k in b}
+    if len({p for p, _ in d}) <= 1:
+        seeds = sorted(d)
+        return paired_difference([d[k] for k in seeds], [0.0] * len(seeds))
+    return crossed_difference(d)
 
 
 def _pct(v: float, sign: bool = False) -> str:
     return "–" if math.isnan(v) else f"{100 * v:+.2f}" if sign else f"{100 * v:.2f}"
 
 
-def _diff_text(p) -> str:
+def _diff_text(p: Paired) -> str:
     if p.n == 0:
         return "–"
     if p.n < 2:

@@ -5,6 +5,11 @@ of a frozen network (eval mode, no gradient), a per-pixel linear classifier is f
 the labelled train tiles of one label fraction and scored on the whole *val* scenes
 (one pooled confusion matrix: mIoU, Kappa, OA; :mod:`glcnet.finetune.metrics`).
 
+Before that, a copy of the network gets its batch-norm statistics recomputed on the same
+``bn_tiles`` train/unlabelled tiles, whatever the network (:mod:`glcnet.models.batchnorm`):
+otherwise a pretrained network would be read with the statistics of its augmented views and
+a random one with none (running statistics 0 and 1), which confounds the comparison.
+
 Features of pixel ``p``: ``f(p)``, the layer's map bilinearly upsampled to the input
 resolution (``align_corners=False``) at ``p``'s centre, standardised as
 ``z = (f - mu) / sigma`` with the per-channel mean/std of the training pixels.
@@ -26,8 +31,8 @@ logits of the low-resolution map; the val scenes are predicted that way, window 
 window (side ``window``, by default the tile side, so that the features see the context
 they were fitted on; stride ``window``, the last window aligned to the border, scenes
 smaller than a window reflect-padded), one feature pass per window for all layers.
-The probe never touches the network's weights, its batch-norm statistics or any global
-random generator, so probing during pretraining does not change what is trained.
+The probe never touches the network's weights, its batch-norm statistics (it recalibrates a
+copy) or any global random generator, so probing during pretraining does not change what is trained.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from glcnet.config import ProbeConfig
 from glcnet.data.splits import window_starts
 from glcnet.errors import GlcnetError
 from glcnet.finetune.metrics import compute_metrics, confusion_matrix
+from glcnet.models.batchnorm import recalibrated
 from glcnet.utils import signals
 from glcnet.utils.progress import log
 
@@ -151,8 +157,8 @@ class DenseProbe:
 
     def __init__(self, ds: Any, fraction: float = 0.01, layers: Sequence[str] = LAYERS, pixels: int = 65536,
                  window: int = 0, batch_size: int = 16, l2: float = 1e-4, max_iter: int = 100, seed: int = 0,
-                 subset_seed: int = -1):
-        from glcnet.data.prepared import SceneDataset, TileDataset
+                 subset_seed: int = -1, bn_tiles: int = 256):
+        from glcnet.data.prepared import SceneDataset, TileDataset, sample_tiles
 
         bad = [layer for layer in layers if layer not in LAYERS]
         if bad or not layers:
@@ -184,11 +190,14 @@ class DenseProbe:
         self.points = [_pixel_points(t["mask"], per_tile, self.ignore_index, g) for t in self.tiles]
         if sum(r.numel() for r, _ in self.points) == 0:
             raise GlcnetError(f"{ds.root}: the labelled tiles of fraction {fraction:g} have no labelled pixel")
+        # batch-norm recalibration: the same tiles for every network probed
+        self.bn_tiles = sample_tiles(ds, ("train", "unlabeled"), bn_tiles, seed) if bn_tiles > 0 else None
 
     @classmethod
     def from_config(cls, ds: Any, cfg: ProbeConfig) -> DenseProbe:
         return cls(ds, cfg.fraction, layers=cfg.layers, pixels=cfg.pixels, window=cfg.window,
-                   batch_size=cfg.batch_size, l2=cfg.l2, max_iter=cfg.max_iter, subset_seed=cfg.subset_seed)
+                   batch_size=cfg.batch_size, l2=cfg.l2, max_iter=cfg.max_iter, subset_seed=cfg.subset_seed,
+                   bn_tiles=cfg.bn_tiles)
 
     @staticmethod
     def unavailable(ds: Any, fraction: float) -> str | None:
@@ -246,10 +255,14 @@ class DenseProbe:
         return {k: v[:h, :w] for k, v in out.items()}
 
     def __call__(self, net: DeepLab, stop: Callable[[], bool] = lambda: False) -> dict[str, Any]:
-        """Fit and score the probes of ``net``'s frozen features; the network's mode is restored.
-        ``stop`` is asked between batches: when true, :class:`ProbeStopped` is raised."""
+        """Fit and score the probes of ``net``'s frozen features (of a recalibrated copy, with
+        ``bn_tiles``); the network's mode is restored. ``stop`` is asked between batches: when
+        true, :class:`ProbeStopped` is raised."""
         t0 = time.perf_counter()
         was_training = net.training
+        original = net
+        if self.bn_tiles is not None:
+            net = recalibrated(net, self.bn_tiles, self.batch_size)
         net.eval()
         try:
             probes = self.fit(net, stop)
@@ -258,7 +271,7 @@ class DenseProbe:
                 for k, pred in self.predict_scene(net, probes, s["image"], stop).items():
                     cms[k] += confusion_matrix(pred, s["mask"], self.num_classes, self.ignore_index)
         finally:
-            net.train(was_training)
+            original.train(was_training)
         out: dict[str, Any] = {}
         for k, cm in cms.items():
             m = compute_metrics(cm, self.classes)

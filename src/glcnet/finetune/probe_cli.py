@@ -15,10 +15,11 @@ from typing import Any
 
 import torch
 
-from glcnet.config import ModelConfig, ProbeConfig, from_dict, load_config, to_dict
+from glcnet.config import ModelConfig, ProbeConfig, load_config, to_dict
 from glcnet.engine import load_torch
 from glcnet.errors import GlcnetError
 from glcnet.models import DeepLab, build_model
+from glcnet.models.deeplab import checkpoint_model_config
 
 
 def _resolve(ckpt: str) -> tuple[Path | None, Path | None]:
@@ -44,7 +45,7 @@ def load_network(ckpt: str, model_cfg: ModelConfig, in_channels: int, mean: list
     meta = load_torch(path, "checkpoint")
     if meta.get("kind") not in ("pretrained", "segmentation") or not isinstance(meta.get("state_dict"), dict):
         raise GlcnetError(f"{path}: not a glcnet pretrained.pt/model.pt (kind={meta.get('kind')!r})")
-    cfg = from_dict(ModelConfig, dict(meta.get("model") or {}), f"{path}: model")
+    cfg = checkpoint_model_config(dict(meta.get("model") or {}), f"{path}: model")
     if meta.get("in_channels") not in (None, in_channels):
         raise GlcnetError(f"{path}: trained on {meta['in_channels']} bands but the data set has {in_channels}")
     net = build_model(cfg, in_channels, 0, meta.get("mean", mean), meta.get("std", std))

@@ -10,7 +10,9 @@ Model selection (``best.ckpt``) maximises ``val_miou``. Parameters under the ``f
 prefixes get no gradient and their batch-norm layers keep their statistics (eval mode
 even while training), so a frozen part is exactly the loaded one. Parameters under the
 ``slow`` prefixes (the loaded, pretrained parts) learn at ``slow_mult x lr``, the others at
-``lr`` (discriminative fine-tuning: a few labels then move the pretrained features less).
+``lr`` (discriminative fine-tuning: a few labels then move the pretrained features less). For
+the first ``warmup`` optimizer steps the ``slow`` group's rate is 0 (only the new layers learn;
+its batch norms still adapt): a function of the global step, so ``--resume`` and DDP agree.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ class SegmentationTask(L.LightningModule):
 
     def __init__(self, net: DeepLab, optim: OptimConfig, eval_cfg: EvalConfig, ignore_index: int = 255,
                  class_weights: torch.Tensor | None = None, frozen: tuple[str, ...] = (), lr: float | None = None,
-                 slow: tuple[str, ...] = (), slow_mult: float = 1.0):
+                 slow: tuple[str, ...] = (), slow_mult: float = 1.0, warmup: int = 0):
         super().__init__()
         self.net, self.optim, self.eval_cfg, self.ignore_index = net, optim, eval_cfg, ignore_index
         self.lr = optim.lr if lr is None else lr  # for the global batch (glcnet.engine.scaled_lr)
@@ -47,6 +49,7 @@ class SegmentationTask(L.LightningModule):
         self.val_cm = MulticlassConfusionMatrix(net.num_classes, ignore_index=ignore_index)
         self.frozen = frozen  # parameter-name prefixes of self.net
         self.slow, self.slow_mult = slow, slow_mult  # prefixes learning at slow_mult x lr
+        self.warmup = warmup if slow else 0  # steps at rate 0 for the slow group (group 1)
         for name, p in net.named_parameters():
             if name.startswith(frozen):
                 p.requires_grad_(False)
@@ -56,6 +59,10 @@ class SegmentationTask(L.LightningModule):
             for name, m in self.net.named_modules():
                 if (name + ".").startswith(self.frozen):
                     m.eval()  # frozen batch-norm statistics
+        if self.warmup:  # the slow group learns at 0 during the warm-up, then at its scheduled rate
+            sched = self.lr_schedulers()
+            group = self.optimizers().optimizer.param_groups[1]  # type: ignore[union-attr]
+            group["lr"] = 0.0 if self.global_step < self.warmup else sched.get_last_lr()[1]  # type: ignore[union-attr]
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self.net.predict_logits(batch["image"])  # [B, K, h, w]
@@ -76,7 +83,7 @@ class SegmentationTask(L.LightningModule):
             self.log(f"val_{key}", float(m[key]), prog_bar=key in ("miou", "kappa"), sync_dist=False)
 
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
-        if not self.slow or self.slow_mult == 1.0:  # one group (the checkpoints of earlier versions resume)
+        if not self.slow or (self.slow_mult == 1.0 and not self.warmup):  # one group (earlier checkpoints resume)
             return configure_optim(self.net.parameters(), self.optim, lr=self.lr)
         named = list(self.net.named_parameters())
         fast = [p for n, p in named if not n.startswith(self.slow)]

@@ -32,6 +32,7 @@ from glcnet.config import FinetuneConfig, add_config_args, check_values, config_
 from glcnet.engine import (
     ConfigInCheckpoint,
     build_trainer,
+    check_optim,
     check_trainer,
     fit,
     has_checkpoint,
@@ -45,7 +46,8 @@ from glcnet.errors import GlcnetError
 from glcnet.finetune.task import MONITOR, SegmentationTask, first
 from glcnet.finetune.weights import load_pretrained, model_checkpoint, resolve_init, summary
 from glcnet.models import DeepLab, build_model
-from glcnet.models.deeplab import PARTS
+from glcnet.models.batchnorm import chunks, recalibrate
+from glcnet.models.deeplab import PARTS, check_atrous_rates
 from glcnet.runs import RunDir
 from glcnet.utils.atomic import torch_save, write_json
 from glcnet.utils.progress import duration, log
@@ -113,6 +115,7 @@ def _train_tiles(cfg: FinetuneConfig, ds: Any) -> Any:
 
     if cfg.crop % 16:
         raise GlcnetError(f"crop: must be a multiple of 16, got {cfg.crop}")
+    check_atrous_rates(cfg.model, cfg.crop, f"crop={cfg.crop}")
     tiles = TileDataset(ds, splits=("train",), fraction=cfg.fraction, with_mask=True, crop=cfg.crop, augment=True,
                         subset_seed=cfg.subset_seed)
     if cfg.trainer.batch_size < 2:
@@ -157,10 +160,11 @@ def run(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False) -> P
     Every check (values, device, data, init checkpoint, the checkpoint to resume and its
     settings) runs before the run folder is claimed (glcnet.outputs).
     """
-    from glcnet.data.prepared import PreparedDataset, SceneDataset
+    from glcnet.data.prepared import PreparedDataset, SceneDataset, sample_tiles
 
     check_values(cfg)
     check_trainer(cfg.trainer)
+    check_optim(cfg.optim)
     if not cfg.data:
         raise GlcnetError("finetune: no data set given (--data PREPARED or data: in the config)")
     if cfg.freeze not in FREEZE:
@@ -177,6 +181,8 @@ def run(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False) -> P
     net = build_model(cfg.model, ds.in_channels, num_classes=ds.num_classes, mean=ds.mean, std=ds.std)
     report = load_pretrained(net, cfg.init, cfg.load, cfg.model)
     tiles = _train_tiles(cfg, ds)  # checked (crop, batch size) before the run folder is claimed
+    if cfg.freeze != "none" and cfg.bn_tiles > 0:  # the frozen part's statistics: the same regime for every init
+        recalibrate(net, chunks(sample_tiles(ds, ("train", "unlabeled"), cfg.bn_tiles), cfg.trainer.batch_size))
     weights = class_weights(cfg.class_weights, (ds.meta.get("class_counts") or {}).get("train"))
     with outputs.run_folder(out, "finetune", resume=resume, overwrite=overwrite, hint=hint, keep=has_checkpoint,
                             inputs=[cfg.data, resolve_init(cfg.init)]):
@@ -193,9 +199,11 @@ def run(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False) -> P
         slow = () if report["init"] == "none" else PARTS[cfg.load]
         if slow and cfg.loaded_lr_mult != 1.0:
             lr_msg += f"; the loaded {cfg.load} at x{cfg.loaded_lr_mult:g} (loaded_lr_mult)"
+        if slow and cfg.warmup_steps:
+            lr_msg += f"; the loaded {cfg.load} waits {cfg.warmup_steps} steps (warmup_steps)"
         log.info(lr_msg)
         task = SegmentationTask(net, cfg.optim, cfg.eval, ds.ignore_index, weights, frozen=frozen, lr=lr,
-                                slow=slow, slow_mult=cfg.loaded_lr_mult)
+                                slow=slow, slow_mult=cfg.loaded_lr_mult, warmup=cfg.warmup_steps)
         loader = _train_loader(cfg, tiles, trainer.world_size, trainer.global_rank)
         # every val pixel once over all ranks: one pooled confusion matrix (SegmentationTask)
         shard = RankShard(len(val), trainer.world_size, trainer.global_rank) if trainer.world_size > 1 else None

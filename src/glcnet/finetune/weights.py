@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 
-from glcnet.config import ModelConfig, from_dict, to_dict
+from glcnet.config import ModelConfig, to_dict
 from glcnet.engine import load_torch
 from glcnet.errors import GlcnetError
 from glcnet.models import DeepLab, build_model
-from glcnet.models.deeplab import PARTS
+from glcnet.models.deeplab import PARTS, atrous_rates, checkpoint_model_config, resolved
 
 MODEL_KEYS = ("kind", "model", "in_channels", "bands", "mean", "std", "value_range",
               "classes", "colors", "ignore_index", "state_dict")
@@ -37,11 +37,14 @@ def resolve_init(init: str) -> Path | None:
 
 def _check_arch(path: Path, ckpt: dict[str, Any], model_cfg: ModelConfig, in_channels: int) -> None:
     """Same encoder / band count / ASPP width, else a one-line error before any key check."""
-    saved = ckpt.get("model") or {}
-    for key in ("encoder", "aspp_channels", "output_stride"):
-        if key in saved and saved[key] != getattr(model_cfg, key):
+    saved = dict(ckpt.get("model") or {})
+    saved["atrous_rates"] = list(checkpoint_model_config(saved, f"{path}: model").atrous_rates or ())
+    want = {**to_dict(model_cfg), "atrous_rates": list(atrous_rates(model_cfg))}
+    for key in ("encoder", "aspp_channels", "output_stride", "atrous_rates"):
+        if key in saved and saved[key] != want[key]:
+            value = str(saved[key]).replace(" ", "")
             raise GlcnetError(f"{path}: checkpoint has model.{key}={saved[key]!r} but the config asks for "
-                              f"{getattr(model_cfg, key)!r} (set model.{key}={saved[key]})")
+                              f"{want[key]!r} (set model.{key}={value})")
     if ckpt.get("in_channels") not in (None, in_channels):
         raise GlcnetError(f"{path}: checkpoint was trained on {ckpt['in_channels']} bands "
                           f"but the data has {in_channels}")
@@ -100,7 +103,7 @@ def model_checkpoint(model: DeepLab, model_cfg: ModelConfig, *, bands: Sequence[
     """The ``model.pt`` dict of the design doc (``kind: segmentation``)."""
     return {
         "kind": "segmentation",
-        "model": to_dict(model_cfg),
+        "model": to_dict(resolved(model_cfg)),
         "in_channels": model.in_channels,
         "bands": list(bands),
         "mean": model.mean.flatten().tolist(),
@@ -127,7 +130,7 @@ def load_model(path: str | Path) -> tuple[DeepLab, dict[str, Any]]:
     absent = [k for k in MODEL_KEYS if k not in ckpt]
     if kind != "segmentation" or absent:
         raise GlcnetError(f"{path}: not a glcnet model.pt (kind={kind!r}, missing {', '.join(absent) or 'nothing'})")
-    cfg = from_dict(ModelConfig, dict(ckpt["model"]), f"{path}: model")
+    cfg = checkpoint_model_config(ckpt["model"], f"{path}: model")
     model = build_model(cfg, ckpt["in_channels"], num_classes=len(ckpt["classes"]), mean=ckpt["mean"], std=ckpt["std"])
     try:
         model.load_state_dict(ckpt["state_dict"])

@@ -14,18 +14,29 @@ H and W must be multiples of 16.
 State-dict keys: ``encoder.*`` (backbone), ``decoder.aspp.*`` (ASPP),
 ``decoder.block1.*``/``decoder.block2.*`` (decoder), ``head.*`` (classifier),
 ``mean``/``std``. Fine-tuning loads by these prefixes (``PARTS``).
+
+ASPP rates. A 3x3 branch of dilation ``r`` (padding ``r``) on an ``n x n`` map reads, at
+output ``i``, the inputs ``i - r``, ``i`` and ``i + r``: its off-centre taps fall inside the
+map for some ``i`` iff ``r <= n - 1``. With ``r >= n`` every off-centre tap reads padding, the
+branch is a 1x1 convolution and its 8 other taps get exactly zero gradient; they switch on,
+untrained, at a larger input. ``n = side / output_stride``: 64 px views give 4x4 maps, so
+DeepLabv3+'s (6, 12, 18) would leave every dilated branch untrained there
+(:func:`check_atrous_rates` warns about it, once, and says which rates fit).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
-from glcnet.config import ModelConfig
+from glcnet.config import ModelConfig, from_dict
 from glcnet.errors import GlcnetError
+from glcnet.utils.progress import log
 
 # parts of the network by state-dict prefix (for --load encoder | encoder+aspp | all)
 PARTS: dict[str, tuple[str, ...]] = {
@@ -33,6 +44,92 @@ PARTS: dict[str, tuple[str, ...]] = {
     "encoder+aspp": ("encoder.", "decoder.aspp."),
     "all": ("encoder.", "decoder."),
 }
+
+
+# DeepLabv3+'s rates per output stride (Chen et al. 2018; the reference's deeplab_utils/encoder.py)
+DEFAULT_ATROUS_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
+# what every checkpoint written before model.atrous_rates existed was built with: smp's default
+LEGACY_ATROUS_RATES = (12, 24, 36)
+
+
+def atrous_rates(cfg: ModelConfig) -> tuple[int, int, int]:
+    """``cfg.atrous_rates``, or DeepLabv3+'s for ``cfg.output_stride`` when it is null."""
+    if cfg.atrous_rates is not None:
+        rates = tuple(int(r) for r in cfg.atrous_rates)
+        if len(rates) != 3 or min(rates) < 1:
+            raise GlcnetError(f"model.atrous_rates: expected three rates >= 1, got {list(cfg.atrous_rates)}")
+        return rates[0], rates[1], rates[2]
+    if cfg.output_stride not in DEFAULT_ATROUS_RATES:
+        raise GlcnetError(f"model.output_stride: expected 8 or 16, got {cfg.output_stride}")
+    return DEFAULT_ATROUS_RATES[cfg.output_stride]
+
+
+def resolved(cfg: ModelConfig) -> ModelConfig:
+    """``cfg`` with its rates made explicit (what checkpoints record)."""
+    return dataclasses.replace(cfg, atrous_rates=atrous_rates(cfg))
+
+
+def checkpoint_model_config(saved: Mapping[str, Any], where: str) -> ModelConfig:
+    """The :class:`ModelConfig` a checkpoint records; one without rates was built with smp's
+    default (:data:`LEGACY_ATROUS_RATES`), whatever today's default is."""
+    data = dict(saved)
+    data.setdefault("atrous_rates", list(LEGACY_ATROUS_RATES))
+    return resolved(from_dict(ModelConfig, data, where))
+
+
+def untrained_convs(cfg: ModelConfig, side: int, in_channels: int = 3) -> dict[str, tuple[int, int]]:
+    """``{conv name: (dilation d, map side n)}`` of each stride-1 convolution wider than 1x1 whose
+    off-centre taps only ever read padding at ``side`` px inputs (``d >= n``, module doc): the ASPP
+    branches whose rate exceeds the map, and, at tiny inputs, the encoder's dilated last stage.
+    Found by a forward pass on the meta device (shapes only, no arithmetic: milliseconds)."""
+    with torch.device("meta"):
+        net = build_model(cfg, in_channels)
+    seen: dict[str, int] = {}
+    convs = {name: m for name, m in net.named_modules()
+             if isinstance(m, nn.Conv2d) and m.kernel_size[0] > 1 and m.stride[0] == 1}
+    hooks = [m.register_forward_hook(lambda mod, inp, out, name=name: seen.__setitem__(name, inp[0].shape[-1]))
+             for name, m in convs.items()]
+    net.eval()
+    net.features(torch.empty(1, net.in_channels, side, side, device="meta"))
+    for h in hooks:
+        h.remove()
+    return {name: (m.dilation[0], seen[name]) for name, m in convs.items() if m.dilation[0] >= seen[name]}
+
+
+def aspp_branch_rates(cfg: ModelConfig, dead: Mapping[str, tuple[int, int]]) -> list[int]:
+    """The rates among ``dead`` (:func:`untrained_convs`) that are ASPP branches."""
+    rates = atrous_rates(cfg)
+    return sorted({d for name, (d, _) in dead.items() if name.startswith("decoder.aspp.0.convs.") and d in rates})
+
+
+_warned: set[tuple[Any, ...]] = set()
+
+
+def check_atrous_rates(cfg: ModelConfig, side: int, what: str) -> None:
+    """Warn once, and explain, when convolutions of the network are 1x1 convolutions at inputs of
+    ``side`` px (``what``: the setting, e.g. ``views.size=64``; module doc): ASPP branches whose rate
+    exceeds the map, or, at tiny inputs, the encoder's dilated last stage. A warning, not a refusal:
+    the authors' own settings have such a branch (rate 18 at 224 px), tests run tiny networks on
+    tiny inputs, and earlier runs must stay reproducible; the packaged configs have none."""
+    dead = untrained_convs(cfg, side)
+    key = (str(cfg), side, what)
+    if not dead or key in _warned:
+        return
+    _warned.add(key)
+    n = -(-side // cfg.output_stride)
+    bad = aspp_branch_rates(cfg, dead)
+    other = sorted(name for name in dead if not name.startswith("decoder.aspp.0.convs."))
+    if other:
+        d, m = dead[other[0]]
+        log.warning(f"warning: {what}: {side} px inputs are small for output stride {cfg.output_stride}: "
+                    f"{other[0]} (dilation {d}) sees a {m}x{m} map, so only its centre tap trains")
+    if bad:
+        fit = f"rates below {n}, e.g. model.atrous_rates=[{max(1, n // 4)},{max(1, n // 2)},{max(1, n - 1)}]"
+        which = f"rate-{'/'.join(map(str, bad))} branch" + ("es see only their" if len(bad) > 1 else " sees only its")
+        log.warning(f"warning: model.atrous_rates {list(atrous_rates(cfg))}: at {what} the ASPP map is {n}x{n} "
+                    f"(side / output stride {cfg.output_stride}), so the {which} centre tap: a 1x1 convolution "
+                    f"whose 8 other taps never train and switch on, untrained, at larger inputs (all rates "
+                    f"train with {fit})")
 
 
 class DeepLab(nn.Module):
@@ -50,6 +147,7 @@ class DeepLab(nn.Module):
         aspp_channels: int = 256,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        rates: Sequence[int] = DEFAULT_ATROUS_RATES[16],
     ):
         super().__init__()
         try:
@@ -58,6 +156,7 @@ class DeepLab(nn.Module):
                 encoder_weights=None,
                 encoder_output_stride=output_stride,
                 decoder_channels=aspp_channels,
+                decoder_atrous_rates=tuple(rates),
                 in_channels=in_channels,
                 classes=max(num_classes, 1),
             )
@@ -70,6 +169,7 @@ class DeepLab(nn.Module):
         self.num_classes = num_classes
         self.aspp_channels = aspp_channels
         self.decoder_channels = aspp_channels
+        self.rates = tuple(rates)
         self.register_buffer("mean", torch.tensor(mean if mean is not None else [0.5] * in_channels).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std if std is not None else [0.25] * in_channels).view(1, -1, 1, 1))
 
@@ -109,5 +209,6 @@ def build_model(cfg: ModelConfig, in_channels: int, num_classes: int = 0,
         aspp_channels=cfg.aspp_channels,
         mean=mean,
         std=std,
+        rates=atrous_rates(cfg),
     )
 

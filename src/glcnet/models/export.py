@@ -90,8 +90,11 @@ def smp_kwargs(ckpt: dict[str, Any]) -> dict[str, Any]:
     """Arguments of ``smp.DeepLabV3Plus`` that rebuild our network without pretrained downloads
     (``classes`` only for a fine-tuned model: after pretraining the user chooses it)."""
     m = ckpt["model"]
+    from glcnet.models.deeplab import LEGACY_ATROUS_RATES
+
     kw = {"encoder_name": m["encoder"], "encoder_weights": None, "encoder_output_stride": m["output_stride"],
-          "decoder_channels": m["aspp_channels"], "in_channels": ckpt["in_channels"]}
+          "decoder_channels": m["aspp_channels"], "in_channels": ckpt["in_channels"],
+          "decoder_atrous_rates": list(m.get("atrous_rates") or LEGACY_ATROUS_RATES)}
     if ckpt["kind"] == "segmentation":
         kw["classes"] = len(ckpt["classes"])
     return kw

@@ -30,6 +30,8 @@ class SSLMethod(nn.Module):
     so contrastive negatives come from the global batch.
     ``pretrained_state_dict()`` is what fine-tuning loads (keys of :class:`glcnet.models.DeepLab`).
     ``find_unused_parameters``: some parameters get no gradient (DDP must be told).
+    ``per_rank_batchnorm``: its batch norms must not be synchronised over processes (MoCo's
+    shuffle-BN; :func:`glcnet.engine.processes.sync_batchnorm`).
 
     Randomness: EVERY random draw of a method (its views through :meth:`make_views`, patch
     positions, masks, jigsaw offsets and permutations, ...) uses ``forward``'s ``generator``
@@ -44,6 +46,7 @@ class SSLMethod(nn.Module):
 
     name: ClassVar[str] = ""
     find_unused_parameters: bool = False
+    per_rank_batchnorm: ClassVar[bool] = False  # shuffle-BN: batch norm stays per process under DDP
 
     def __init__(self, cfg: PretrainConfig, in_channels: int,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
@@ -55,6 +58,11 @@ class SSLMethod(nn.Module):
 
     def build(self, m: MethodConfig) -> None:
         """Check the method's options ``m`` and build its heads and losses (``self.net`` exists)."""
+
+    def network_input(self) -> tuple[int, str]:
+        """Side of the images the network sees in pretraining and the setting that makes it
+        (the ASPP rates are checked against it: :func:`glcnet.models.deeplab.check_atrous_rates`)."""
+        return self.cfg.views.size, f"views.size={self.cfg.views.size}"
 
     def make_views(self, images: torch.Tensor | Views, generator: torch.Generator | None = None) -> Views:
         """The batch's views: made by the DataLoader workers (``views.in_loader``) or here, from ``generator``."""

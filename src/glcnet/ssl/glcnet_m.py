@@ -47,6 +47,7 @@ class GLCNetM(GLCNet):
     """GLCNet with a momentum encoder and queues of style and patch keys (module doc)."""
 
     name = "glcnet_m"
+    per_rank_batchnorm = True  # shuffle-BN
 
     def build(self, m: MethodConfig) -> None:
         super().build(m)  # GLCNet's option checks and heads

@@ -70,6 +70,11 @@ class Jigsaw(SSLMethod):
         self.register_buffer("perms", torch.from_numpy(perms), persistent=False)  # [P, g*g]
         self.head = JigsawHead(self.net.aspp_channels, self.grid ** 2, m.jigsaw_permutations)
 
+    def network_input(self) -> tuple[int, str]:
+        """The network sees the puzzle's tiles, not the view."""
+        return self.tile, (f"jigsaw tiles of {self.tile} px (views.size={self.cfg.views.size} / "
+                           f"method.jigsaw_grid={self.grid})")
+
     def tiles(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """``[B, C, s, s]`` -> ``[B, g*g, C, t, t]`` tiles in row-major grid order, random offsets in the cells."""
         b, dev, t, g = x.shape[0], x.device, self.tile, self.grid

@@ -44,6 +44,7 @@ class MoCoV2(SSLMethod):
 
     name = "mocov2"
     find_unused_parameters = True  # decoder blocks get no gradient
+    per_rank_batchnorm = True  # shuffle-BN
 
     def build(self, m: MethodConfig) -> None:
         check_momentum_options(self.cfg, "queue_size")

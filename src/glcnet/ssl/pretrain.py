@@ -31,6 +31,7 @@ from glcnet.config import PretrainConfig, add_config_args, check_values, config_
 from glcnet.engine import (
     ConfigInCheckpoint,
     build_trainer,
+    check_optim,
     check_trainer,
     configure_optim,
     fit,
@@ -41,7 +42,9 @@ from glcnet.engine import (
     scaled_lr,
     seed_everything,
 )
+from glcnet.engine.processes import sync_batchnorm
 from glcnet.errors import GlcnetError
+from glcnet.models.deeplab import check_atrous_rates, resolved
 from glcnet.runs import RunDir
 from glcnet.ssl.base import SSLMethod
 from glcnet.transforms import ViewCollate, Views
@@ -192,6 +195,7 @@ def run(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False) -> P
 
     check_values(cfg)
     check_trainer(cfg.trainer)
+    check_optim(cfg.optim)
     if not cfg.data:
         raise GlcnetError("pretrain: no data set given (--data PREPARED or data: in the config)")
     keep_freed_memory()  # views batch after batch without page faults; inherited by the DataLoader workers
@@ -203,12 +207,15 @@ def run(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False) -> P
     if cfg.trainer.channels_last:
         method = method.to(memory_format=torch.channels_last)
     pool = _pool(cfg, ds)  # checked (tile and view sizes, enough tiles) before the run folder is claimed
+    check_atrous_rates(cfg.model, *method.network_input())
+    per_rank_bn = cfg.method.name if method.per_rank_batchnorm else ""
+    sync_batchnorm(cfg.trainer, per_rank_bn)  # refused settings: before the run folder is claimed
     probes, probe_note = _probe_callbacks(cfg, ds)
     callbacks = [throughput_monitor(cfg), *probes]
     export = {
         "kind": "pretrained",
         "method": cfg.method.name,
-        "model": to_dict(cfg.model),
+        "model": to_dict(resolved(cfg.model)),  # rates explicit: the checkpoint describes its network
         "in_channels": ds.in_channels,
         "bands": list(ds.bands),
         "mean": list(map(float, ds.mean)),
@@ -225,7 +232,7 @@ def run(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False) -> P
         trainer = build_trainer(cfg.trainer, run_dir, max_epochs=cfg.optim.epochs, seed=cfg.seed,
                                 find_unused_parameters=method.find_unused_parameters,
                                 callbacks=[*callbacks, ConfigInCheckpoint("pretrain", cfg)],
-                                label=f"pretrain {cfg.method.name}")
+                                label=f"pretrain {cfg.method.name}", per_rank_bn=per_rank_bn)
         lr, lr_msg = scaled_lr(cfg.optim, cfg.trainer.batch_size, trainer.world_size)
         log.info(lr_msg)
         task = PretrainTask(method, cfg, export, out, lr=lr)

@@ -20,6 +20,7 @@ from torch import Tensor
 from glcnet.config import ViewConfig
 from glcnet.transforms.geometry import random_boxes
 from glcnet.transforms.photometric import color_matrices
+from glcnet.transforms.presets import Strength
 
 
 class ViewParams(TypedDict):
@@ -42,17 +43,21 @@ class ViewParams(TypedDict):
 Renderer = Callable[[Tensor, ViewParams, int], tuple[Tensor, Tensor]]
 
 
-def draw_params(cfg: ViewConfig, b: int, c: int, height: int, width: int,
+def draw_params(view: ViewConfig, cfg: Strength, b: int, c: int, height: int, width: int,
                 g: torch.Generator | None) -> ViewParams:
-    """All random parameters of a batch of ``b`` tiles ``[c, height, width]``, on the CPU."""
-    boxes = random_boxes(2 * b, height, width, cfg.scale, cfg.ratio, g)  # [2B, 4]
+    """All random parameters of a batch of ``b`` tiles ``[c, height, width]``, on the CPU: crops
+    of ``view``, view 2's augmentations of strength ``cfg`` (:func:`glcnet.transforms.presets.resolve`)."""
+    boxes = random_boxes(2 * b, height, width, view.scale, view.ratio, g)  # [2B, 4]
     u = torch.rand(b, 7, generator=g)  # coins: hflip vflip rot jitter gray blur, blur sigma
     rot = torch.where(u[:, 2] < cfg.p_rot, torch.randint(1, 4, (b,), generator=g), 0)
     f = torch.rand(b, 2 * c + 2, generator=g) * 2 - 1  # [-1, 1]: brightness, contrast, sat, hue
+    bright, contrast = f[:, :c], f[:, c:2 * c]  # per band; else the first band's factor for all of them
+    if not cfg.per_band:
+        bright, contrast = bright[:, :1].expand(b, c), contrast[:, :1].expand(b, c)
     jitter = u[:, 3] < cfg.p_jitter
-    gray = (u[:, 4] < cfg.p_gray) & (cfg.rgb_bands is not None)
-    a, k = color_matrices(c, cfg.rgb_bands, jitter, gray, (1 + f[:, :c] * cfg.brightness).clamp(min=0),
-                          (1 + f[:, c:2 * c] * cfg.contrast).clamp(min=0),
+    gray = (u[:, 4] < cfg.p_gray) & (view.rgb_bands is not None)
+    a, k = color_matrices(c, view.rgb_bands, jitter, gray, (1 + bright * cfg.brightness).clamp(min=0),
+                          (1 + contrast * cfg.contrast).clamp(min=0),
                           (1 + f[:, -2] * cfg.saturation).clamp(min=0), f[:, -1] * cfg.hue)
     sigma = cfg.blur_sigma[0] + u[:, 6] * (cfg.blur_sigma[1] - cfg.blur_sigma[0])
     return {"box1": boxes[:b], "box2": boxes[b:], "hflip": u[:, 0] < cfg.p_flip,

@@ -23,13 +23,14 @@ from glcnet.config import ViewConfig
 from glcnet.errors import GlcnetError
 from glcnet.transforms.geometry import Views
 from glcnet.transforms.params import Renderer, draw_params
+from glcnet.transforms.presets import Strength, resolve
 from glcnet.transforms.render_torch import render_torch
 from glcnet.transforms.render_uint8 import render_uint8
 
 
-def _check_config(cfg: ViewConfig) -> None:
+def _check_config(cfg: ViewConfig, s: Strength) -> None:
     def bad(name: str, want: str) -> GlcnetError:
-        return GlcnetError(f"views.{name}: expected {want}, got {getattr(cfg, name)!r}")
+        return GlcnetError(f"views.{name}: expected {want}, got {getattr(s if hasattr(s, name) else cfg, name)!r}")
 
     if cfg.size < 1:
         raise bad("size", "a positive integer")
@@ -38,14 +39,14 @@ def _check_config(cfg: ViewConfig) -> None:
     if not 0 < cfg.ratio[0] <= cfg.ratio[1]:
         raise bad("ratio", "0 < min <= max")
     for name in ("p_flip", "p_rot", "p_jitter", "p_gray", "p_blur"):
-        if not 0 <= getattr(cfg, name) <= 1:
+        if not 0 <= getattr(s, name) <= 1:
             raise bad(name, "a probability in [0, 1]")
     for name in ("brightness", "contrast", "saturation"):
-        if getattr(cfg, name) < 0:
+        if getattr(s, name) < 0:
             raise bad(name, "a value >= 0")
-    if not 0 <= cfg.hue <= 0.5:
+    if not 0 <= s.hue <= 0.5:
         raise bad("hue", "a value in [0, 0.5]")
-    if not 0 < cfg.blur_sigma[0] <= cfg.blur_sigma[1]:
+    if not 0 < s.blur_sigma[0] <= s.blur_sigma[1]:
         raise bad("blur_sigma", "0 < min <= max")
     if cfg.cpu_chunk < 0:
         raise bad("cpu_chunk", "0 (whole batch) or a positive sample count")
@@ -59,9 +60,11 @@ class ViewGenerator:
     View 1: RandomResizedCrop (``cfg.scale``, ``cfg.ratio``) resized to ``cfg.size``.
     View 2: an independent RandomResizedCrop, then hflip and vflip (each ``p_flip``), then
     ``torch.rot90`` by ``k ~ U{1,2,3}`` (with ``p_rot``, else 0), then colour jitter
-    (``p_jitter``: per-band brightness/contrast on every band, hue/saturation on
-    ``rgb_bands``), grayscale of the RGB bands (``p_gray``) and Gaussian blur
-    (``p_blur``, sigma ~ U(blur_sigma) in view pixels); values stay in [0, 1].
+    (``p_jitter``: brightness/contrast on every band, one factor per image or, with
+    ``per_band``, per band; hue/saturation on ``rgb_bands``), grayscale of the RGB bands
+    (``p_gray``) and Gaussian blur (``p_blur``, sigma ~ U(blur_sigma) in view pixels); values
+    stay in [0, 1]. Strengths left null in ``cfg`` come from ``cfg.preset``
+    (:mod:`glcnet.transforms.presets`; default: the authors' ``reference``).
 
     Input: float tiles scaled to [0, 1], or uint8 tiles meaning ``value / 255`` (8-bit data;
     a quarter of the bytes to load and transfer), any band count, on any device; the
@@ -75,7 +78,8 @@ class ViewGenerator:
     """
 
     def __init__(self, cfg: ViewConfig):
-        _check_config(cfg)
+        self.strength = resolve(cfg)  # the preset's strengths where the config leaves them null
+        _check_config(cfg, self.strength)
         self.cfg = cfg
 
     def renderer(self, images: Tensor) -> Renderer:
@@ -105,7 +109,7 @@ class ViewGenerator:
         if cfg.rgb_bands is not None and max(cfg.rgb_bands) >= c:
             raise GlcnetError(f"views.rgb_bands {tuple(cfg.rgb_bands)}: images have only {c} bands "
                               "(set views.rgb_bands=null for non-RGB data)")
-        p = draw_params(cfg, b, c, height, width, g)
+        p = draw_params(cfg, self.strength, b, c, height, width, g)
         with torch.autocast(images.device.type, enabled=False):  # views in float32, also in a mixed-precision step
             view1, view2 = self.renderer(images)(images, p, cfg.size)
         dev = images.device
