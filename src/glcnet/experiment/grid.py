@@ -127,6 +127,11 @@ def parse_method(spec: str) -> tuple[str, list[str]]:
     return name, parts
 
 
+def is_random(spec: str) -> bool:
+    """A method entry of random initialisation: ``none`` or ``none[finetune.*=...]``."""
+    return parse_method(spec)[0] == "none"
+
+
 def slug(spec: str, pretrain_only: bool = False) -> str:
     """Folder-name form of a method entry: ``glcnet[method.lam=0.25]`` -> ``glcnet+method.lam=0.25``
     (``pretrain_only``: without its ``finetune.*`` overrides, the name of its pretraining)."""
@@ -293,7 +298,7 @@ class Grid:
         return self.out / "pretrain" / f"{slug(method, pretrain_only=True)}-s{seed}-{h}"
 
     def cell_dir(self, method: str, fraction: float, seed: int, pretrain: int | None = None) -> Path:
-        init = "none" if method == "none" else self.pretrain_dir(method, seed, pretrain).name
+        init = "none" if is_random(method) else self.pretrain_dir(method, seed, pretrain).name
         ft = _hashable(finetune_config(self.cfg, fraction, seed, method))
         ft.pop("init", None)  # replaced by the pretraining's folder name (its hash)
         h = short_hash({"data": self.data, "v": DEFAULTS_VERSION, "init": init, "finetune": ft})
@@ -305,7 +310,7 @@ class Grid:
         ``pretrain_seeds``, a pretrained method's cell once per pretraining."""
         several = self.cfg.pretrain_seeds if len(self.cfg.pretrain_seeds) > 1 else []
         return [Cell(m, f, s, p) for s in self.cfg.seeds for m in self.cfg.methods for f in self.cfg.fractions
-                for p in (several if several and m != "none" else [None])]
+                for p in (several if several and not is_random(m) else [None])]
 
     def results(self) -> list[CellResult]:
         out = []
@@ -351,7 +356,7 @@ class Grid:
         t0 = time.time()
         try:
             ft = finetune_config(self.cfg, fraction, seed, method)
-            ft.init = "none" if method == "none" else str(self._pretrain(method, seed, pretrain))
+            ft.init = "none" if is_random(method) else str(self._pretrain(method, seed, pretrain))
             self._probe(cell, fraction, seed, ft.init)
             model = _train(_stages()["finetune"], ft, cell / "finetune")
             shutil.rmtree(cell / "eval", ignore_errors=True)  # a killed evaluation starts over
@@ -409,7 +414,7 @@ class Grid:
         runs: dict[str, list[Path]] = {}
         names: dict[str, str] = {}
         for m in self.cfg.methods:
-            if m == "none":
+            if is_random(m):
                 continue
             key = slug(m, pretrain_only=True)
             name, pre = parse_method(m)[0], _split(parse_method(m)[1])[0]
@@ -417,7 +422,7 @@ class Grid:
             pretrains: list[int | None] = [*self.cfg.pretrain_seeds] or [None]
             runs[key] = sorted({d for s in self.cfg.seeds for p in pretrains
                                 if (d := self.pretrain_dir(m, s, p)).is_dir()})
-        none = [c.probe for c in cells if c.method == "none" and c.probe and c.fraction == min(self.cfg.fractions)]
+        none = [c.probe for c in cells if is_random(c.method) and c.probe and c.fraction == min(self.cfg.fractions)]
         baseline = {layer: sum(p[f"{layer}_miou"] for p in none) / len(none)
                     for layer in ("decoder", "aspp") if none and all(f"{layer}_miou" in p for p in none)}
         if plot_probe_curves(runs, self.out / "probe_curves.png", names, baseline):

@@ -117,6 +117,22 @@ def summarise(cells: list[CellResult]) -> dict[tuple[str, float], Summary]:
     return out
 
 
+def _overrides(method: str) -> list[str]:
+    """The overrides of a method entry: ``glcnet[a=1,finetune.b=2]`` -> ``["a=1", "finetune.b=2"]``."""
+    from glcnet.utils.structured import split_top
+
+    return split_top(split_spec(method)[1])
+
+
+def matched_baseline(method: str, baseline: str, present: set[str]) -> str:
+    """The entry of ``baseline`` fine-tuned as ``method`` is (its overrides are exactly ``method``'s
+    ``finetune.*`` ones: ``none[finetune.crop=64]`` for ``glcnet[finetune.crop=64]``) when the grid has
+    one, else ``baseline``: a fine-tuning change is judged against random init fine-tuned the same way."""
+    ft = sorted(o for o in _overrides(method) if o.startswith("finetune."))
+    match = [m for m in sorted(present) if ft and split_spec(m)[0] == baseline and sorted(_overrides(m)) == ft]
+    return match[0] if match and match[0] != method else baseline
+
+
 def paired(cells: list[CellResult], method: str, baseline: str, fraction: float, metric: str = "kappa") -> Paired:
     """Paired difference ``method - baseline`` of a test metric over the seeds both finished; with
     several pretraining seeds, over (pretraining, seed) with both variances (:func:`crossed_difference`).
@@ -153,6 +169,7 @@ def paired_markdown(cells: list[CellResult], methods: list[str], fractions: list
     """Lines of the second table: paired Kappa differences to the baselines, val Kappa, probe."""
     summary = summarise(cells)
     bases = [b for b in BASELINES if any(c.method == b for c in cells)]
+    present = {c.method for c in cells}
     has_probe = any(c.probe for c in cells)
     if not bases and not has_probe:
         return []
@@ -162,7 +179,10 @@ def paired_markdown(cells: list[CellResult], methods: list[str], fractions: list
     lines = ["", "## Paired differences, validation and frozen-feature probe", "",
              "Δ: mean over seeds of (method − baseline) test Kappa for the same seed (same labelled subset, "
              "crops, order and initialisation of the parts not loaded), in points, with its 95% Student-t "
-             "interval. Probe: a linear classifier per pixel fitted on the frozen features of the network the "
+             "interval; with several pretrainings, over (pretraining, seed) with an interval that includes the "
+             "pretrainings' variance (two-way random effects). A row with fine-tuning overrides is compared with "
+             "the baseline entry fine-tuned the same way where the grid has one. Probe: a linear classifier per "
+             "pixel fitted on the frozen features of the network the "
              "fine-tuning starts from (labelled subset of the cell), scored on the val scenes (mIoU %).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in methods:
@@ -170,7 +190,7 @@ def paired_markdown(cells: list[CellResult], methods: list[str], fractions: list
         for f in fractions:
             s = summary.get((m, f))
             for b in bases:
-                row.append("" if m == b else _diff_text(paired(cells, m, b, f)))
+                row.append("" if m == b else _diff_text(paired(cells, m, matched_baseline(m, b, present), f)))
             row.append("–" if s is None else _pct(s.mean["val_kappa"]))
             if has_probe:
                 row += ["–" if s is None else _pct(s.mean["probe_" + k]) for k, _ in PROBE[:2]]
@@ -233,6 +253,7 @@ def csv_text(cells: list[CellResult]) -> str:
     w = csv.writer(buf, lineterminator="\n")
     keys = [p + k for p in ("", "val_") for k, _ in METRICS] + ["probe_" + k for k, _ in PROBE]
     bases = [b for b in BASELINES if any(c.method == b for c in cells)]
+    present = {c.method for c in cells}
     w.writerow(["method", "label", "fraction", "n_done", "n_failed", "n_total"]
                + [f"{k}_{s}" for k in keys for s in ("mean", "std")]
                + [f"dkappa_vs_{b}_{s}" for b in bases for s in ("n", "mean", "low", "high")] + ["cells"])
@@ -247,7 +268,7 @@ def csv_text(cells: list[CellResult]) -> str:
                 continue
             stats = [num(v) for k in keys for v in (s.mean[k], s.std[k])]
             for b in bases:
-                p = paired(cells, m, b, f)
+                p = paired(cells, m, matched_baseline(m, b, present), f)
                 stats += [str(p.n), num(p.mean), num(p.low), num(p.high)]
             paths = ";".join(c.path for c in cells if c.method == m and c.fraction == f)
             w.writerow([m, label(m), f"{f:g}", s.n_done, s.n_failed, s.n_total, *stats, paths])
