@@ -128,8 +128,8 @@ def test_grid_runs_every_cell_and_pretrains_once(fake, cfg):
     assert "| GLCNet | 1% | 0 | done | 60.10 | 55.00 |" in md
     # frozen probe of every cell's initial network, on the cell's labelled subset
     assert sorted(c[1:] for c in fake.calls if c[0] == "probe" and c[3] == 0) == [
-        ("glcnet", 0.01, 0), ("glcnet", 0.1, 0), ("none", 0.01, 0), ("none", 0.1, 0), ("simclr", 0.01, 0),
-        ("simclr", 0.1, 0)]
+        ("glcnet", 0.01, 0, 0), ("glcnet", 0.1, 0, 0), ("none", 0.01, 0, None), ("none", 0.1, 0, None),
+        ("simclr", 0.01, 0, 0), ("simclr", 0.1, 0, 0)]
     assert float(r["probe_decoder_miou_mean"]) == pytest.approx(0.30) and r["probe_aspp_miou_mean"] == ""
     # paired differences: glcnet - none = 0.20 and glcnet - simclr = 0.10 for every seed (zero spread)
     assert (r["dkappa_vs_none_n"], float(r["dkappa_vs_none_mean"])) == ("3", pytest.approx(0.20))
@@ -248,12 +248,45 @@ def test_hash_keys_only_non_default_settings():
     assert grid.short_hash({"a": 1, "b": [1, 2]}) == grid.short_hash({"b": [1, 2], "a": 1})
 
 
-def test_only_table_runs_nothing(fake, cfg):
+def test_only_table_runs_nothing_and_refuses_a_table_of_nothing(fake, cfg, tmp_path):
+    # a mistyped --out: refused, and no folder is made
+    with pytest.raises(GlcnetError, match="no experiment there"):
+        grid.run(cfg, only_table=True, log=lambda s: None)
+    assert not Path(cfg.out).exists() and fake.calls == []
+    cfg.seeds = [0]
+    grid.run(cfg, log=lambda s: None)  # 6 finished cells
+    fake.calls.clear()
+    cfg.seeds = [0, 1, 2]
     paths = grid.run(cfg, only_table=True, log=lambda s: None)
     assert fake.calls == []
     md = paths["md"].read_text()
-    assert md.count("| pending |") == 18
-    assert "| Random init | – |" in md
+    assert md.count("| pending |") == 12 and md.count("| done |") == 6
+    # settings with none of its cells finished (another seed): refused, the good tables stay
+    before = {p.name: p.read_bytes() for p in Path(cfg.out).iterdir() if p.is_file()}
+    cfg.seeds = [5]
+    with pytest.raises(GlcnetError, match="none of the 6 cells of these settings has finished"):
+        grid.run(cfg, only_table=True, log=lambda s: None)
+    # settings that would drop finished cells from the tables there: refused too
+    cfg.seeds, cfg.methods = [0], ["glcnet"]
+    with pytest.raises(GlcnetError, match="its tables hold 6 finished cells, these settings only 2"):
+        grid.run(cfg, only_table=True, log=lambda s: None)
+    assert {p.name: p.read_bytes() for p in Path(cfg.out).iterdir() if p.is_file()} == before
+
+
+def test_a_damaged_cell_result_is_said_and_run_again(fake, cfg, caplog):
+    cfg.seeds, cfg.methods, cfg.fractions = [0], ["none", "glcnet"], [0.01]
+    grid.run(cfg, log=lambda s: None)
+    cells = sorted((Path(cfg.out) / "cells").iterdir())
+    cells[0].joinpath("result.json").write_text("")  # a kill or a full disk
+    cells[1].joinpath("result.json").write_text("{}")  # every cell damaged: the table says so, not refused
+    fake.calls.clear()
+    with caplog.at_level("WARNING", logger="glcnet"):
+        paths = grid.run(cfg, only_table=True, log=lambda s: None)
+    assert fake.calls == [] and paths["md"].read_text().count("| pending |") == 2
+    assert sum("is damaged" in r.message and "runs again" in r.message for r in caplog.records) == 2
+    grid.run(cfg, log=lambda s: None)  # reruns both: evaluation only (the fine-tunings had finished)
+    assert fake.count("evaluate") == 2 and fake.count("finetune") == 0
+    assert all(json.loads((c / "result.json").read_text())["metrics"] for c in cells)
 
 
 def test_config_errors_are_one_line(fake, cfg, tmp_path):

@@ -357,6 +357,9 @@ def test_resume_from_a_truncated_checkpoint_is_refused_before_touching_the_run(w
     pre = copy(w.pre, tmp_path / "pre")
     last = pre / "checkpoints" / "last.ckpt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    refused(capsys, ["pretrain", *PRE, "--data", w.prep, "--out", pre, "--resume"], last, "damaged",
+            watch=[tmp_path])
+    (pre / "checkpoints" / "last.ckpt.sha256").unlink()  # without its checksum (an earlier version's file)
     refused(capsys, ["pretrain", *PRE, "--data", w.prep, "--out", pre, "--resume"], last, "not a readable",
             watch=[tmp_path])
 
@@ -596,3 +599,135 @@ def test_method_entries_with_overrides_parse_on_the_command_line(w, capsys, tmp_
     code, stdout, _ = run(capsys, *base, methods)
     assert code == 0 and "GLCNet [method.lam=0.25]" in stdout and "[method.patch_size=8,views.p_blur=0]" in stdout
     refused(capsys, [*base, "methods=[glcnet,glcnet[method.lam=2]]"], "method.lam", watch=[tmp_path])
+
+
+# ----------------------------------------------------------------------------- part 2 (issue 29)
+def test_overwrite_with_a_bad_setting_keeps_the_finished_run(w, capsys, tmp_path):
+    ft = copy(w.ft, tmp_path / "ft")
+    for bad, key in (("trainer.precision=bf17", "trainer.precision"), ("trainer.strategy=bogus", "trainer.strategy"),
+                     ("seed=-1", "seed")):
+        refused(capsys, ["finetune", *FT, "--data", w.prep, "--init", w.pre, "--out", ft, "--overwrite", bad],
+                key, watch=[ft])
+    assert not (tmp_path / ".ft.replacement").exists()
+
+
+def test_overwrite_that_fails_while_training_keeps_the_finished_run(w, capsys, tmp_path):
+    """A mask missing from the data set: fine-tuning fails in its first epoch; the earlier run is
+    untouched, and the replacement, with no checkpoint, is gone."""
+    prep, ft = copy(w.prep, tmp_path / "prep"), copy(w.ft, tmp_path / "ft")
+    for m in (prep / "masks").glob("*.npy"):
+        m.unlink()
+    before = snapshot(ft)
+    code, _, err = run(capsys, "finetune", *FT, "--data", prep, "--init", w.pre, "--out", ft, "--overwrite")
+    assert code != 0 and snapshot(ft) == before, err
+    assert not (tmp_path / ".ft.replacement").exists() and not leftovers(tmp_path)
+
+
+def test_interrupted_overwrite_keeps_the_earlier_run_and_its_advice_resumes_the_replacement(w, capsys, tmp_path):
+    import shlex
+
+    ft = copy(w.ft, tmp_path / "ft")
+    before = snapshot(ft)
+    staged = tmp_path / ".ft.replacement"
+    p = cli_process("finetune", *FT, "--data", w.prep, "--init", w.pre, "--out", ft, "--overwrite", "optim.epochs=4")
+    wait_for(staged / "checkpoints" / "last.ckpt", p)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 143, err
+    assert snapshot(ft) == before  # the finished run, as it was
+    advice = err.strip().splitlines()[-1]
+    assert "the earlier run is untouched" in advice and "--overwrite" not in advice.split("with: ")[1], advice
+    again = shlex.split(advice.split("with: ")[1].split(" (it takes")[0])
+    assert again[:2] == ["glcnet", "finetune"] and again[-1] == "--resume"
+    code, _, err = run(capsys, *again[1:])
+    assert code == 0, err
+    assert not staged.exists() and snapshot(ft) != before
+    assert torch.load(ft / "model_last.pt", weights_only=True)["epoch"] == 3  # the replacement's 4 epochs
+
+
+def test_overwrite_deletes_only_what_glcnet_provably_wrote(w, capsys, tmp_path):
+    ft = copy(w.ft, tmp_path / "ft")
+    (ft / "notes.txt").write_text("my notes")
+    refused(capsys, ["finetune", *FT, "--data", w.prep, "--init", w.pre, "--out", ft, "--overwrite"],
+            "notes.txt", "did not write", watch=[ft])
+    # the right file names without our marker (an older version, or a user's folder): not proof
+    (ft / "notes.txt").unlink()
+    (ft / ".glcnet.json").unlink()
+    refused(capsys, ["finetune", *FT, "--data", w.prep, "--init", w.pre, "--out", ft, "--overwrite"],
+            ".glcnet.json", watch=[ft])
+
+
+def test_resume_is_on_the_same_data_set_whatever_the_path_says(w, capsys, tmp_path):
+    """--data is compared by identity, not as a string against the current folder: the same data set
+    by another path resumes; a re-prepared one under the run's own relative path is refused."""
+    here, there = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(w.prep, here / "prep")
+    pre = tmp_path / "pre"
+    p = subprocess.run([sys.executable, "-m", "glcnet.cli", "pretrain", *PRE, "--data", "prep", "--out", pre,
+                        "trainer.max_steps=1"], cwd=here, capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stderr
+    saved = (pre / "config.yaml").read_text()
+    assert f"data: {here / 'prep'}" in saved  # resolved when the run was made
+    # another data set at the same relative path, seen from another folder
+    assert cli_main(["prepare", "generic", "--src", str(w.raw), "--out", str(there / "prep"), "--classes",
+                     ",".join(CLASSES), "--bands", ",".join(BANDS), "--tile-size", "64", "--seed", "7",
+                     "--split-ratios", "0.6,0.2,0.2", "--unlabeled", str(w.raw / "unlabeled")]) == 0
+    os.chdir(there)
+    try:
+        refused(capsys, ["pretrain", *PRE, "--data", "prep", "--out", pre, "--resume", "optim.epochs=2"],
+                "not the data set the run was trained on", watch=[pre])
+        code, _, err = run(capsys, "pretrain", *PRE, "--data", here / "prep", "--out", pre, "--resume",
+                           "optim.epochs=2")
+        assert code == 0, err
+    finally:
+        os.chdir(w.root)
+
+
+def test_damaged_checkpoints_and_weights_are_refused(w, capsys, tmp_path):
+    pre, ft = copy(w.pre, tmp_path / "pre"), copy(w.ft, tmp_path / "ft")
+    for path in (pre / "checkpoints" / "last.ckpt", ft / "model.pt"):
+        data = bytearray(path.read_bytes())
+        n = min(100_000, len(data) // 4)
+        data[len(data) // 2:len(data) // 2 + n] = bytes(n)  # zeroed in the middle: still a readable zip
+        path.write_bytes(bytes(data))
+    refused(capsys, ["pretrain", *PRE, "--data", w.prep, "--out", pre, "--resume", "optim.epochs=2"],
+            "last.ckpt", "damaged", watch=[pre])
+    tif = write_tif(tmp_path / "in.tif", np.random.default_rng(0).integers(0, 255, (4, 64, 64), dtype=np.uint8))
+    refused(capsys, ["predict", "--ckpt", ft / "model.pt", tif, "--out", tmp_path / "preds"], "model.pt", "damaged",
+            watch=[ft])
+    assert not (tmp_path / "preds").exists()
+
+
+def test_reprepared_data_set_does_not_score_a_model_on_its_training_scenes(w, capsys, tmp_path):
+    prep = copy(w.prep, tmp_path / "prep")
+    model = tmp_path / "model.pt"
+    shutil.copy(w.model, model)
+    shutil.copy(w.model.with_name("model.pt.sha256"), tmp_path / "model.pt.sha256")
+    assert cli_main(["prepare", "generic", "--src", str(w.raw), "--out", str(prep), "--overwrite", "--classes",
+                     ",".join(CLASSES), "--bands", ",".join(BANDS), "--tile-size", "64", "--seed", "7",
+                     "--split-ratios", "0.6,0.2,0.2", "--unlabeled", str(w.raw / "unlabeled")]) == 0
+    ckpt = torch.load(model, weights_only=True)
+    new = json.loads((prep / "splits.json").read_text())["scenes"]["test"]
+    seen = set(ckpt["scenes"]["train"]) | set(ckpt["scenes"]["val"])
+    assert seen & set(new), "the seed should move a training scene into the test split"
+    refused(capsys, ["evaluate", "--ckpt", model, "--data", prep, "--split", "test", "--out", tmp_path / "ev"],
+            "splits changed", "trained or selected on", watch=[prep, model])
+    assert not (tmp_path / "ev").exists()
+
+
+def test_a_running_run_is_named_by_the_process_that_holds_it(w, capsys, tmp_path):
+    pre = copy(w.pre, tmp_path / "pre")
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys; from pathlib import Path; from glcnet import outputs; outputs.lock(Path(sys.argv[1])); "
+        "print('held', flush=True); sys.stdin.read()"), str(pre)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for args in (["--resume"], ["--overwrite"], []):
+            line = refused(capsys, ["pretrain", *PRE, "--data", w.prep, "--out", pre, *args], f"pid {holder.pid}",
+                           "is writing this folder")
+            assert "stopped" not in line and "finished" not in line
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)

@@ -190,7 +190,6 @@ def test_frozen_parts_stay_exactly_as_loaded(pipeline):
     """--freeze encoder+aspp: no gradient and frozen batch-norm statistics, recomputed first on the same
     tiles for every init (bn_tiles; 0: as loaded); the decoder still trains."""
     from conftest import run_cli
-
     from glcnet.config import ModelConfig
     from glcnet.data.prepared import PreparedDataset, sample_tiles
     from glcnet.models import build_model

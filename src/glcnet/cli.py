@@ -101,6 +101,10 @@ def _continue_hint(command: str, argv: list[str], saved: bool) -> str:
     if command in ("pretrain", "finetune"):
         if "--resume" in argv:
             return f"resume with: {again}"
+        if "--overwrite" in argv:  # the replacement was built beside the earlier run, which is untouched
+            resume = shlex.join(["glcnet", *(a for a in argv if a != "--overwrite"), "--resume"])
+            return ("the earlier run is untouched; " + (f"continue the replacement with: {resume} (it takes the "
+                    "earlier run's place when it finishes)" if saved else "the replacement had no checkpoint yet"))
         return f"resume with: {again} --resume" if saved else "no checkpoint yet, so nothing was kept"
     if command in ("experiment", "demo"):
         return f"finished cells are kept; continue with: {again}"

@@ -308,6 +308,8 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     **dict.fromkeys(("p_flip", "p_rot", "p_jitter", "p_gray", "p_blur", "lam", "momentum", "betas", "hue"), _PROB),
     **dict.fromkeys(("pixels", "max_iter", "atrous_rates"), _POS),
     "l2": _NONNEG,
+    # NumPy's (and Lightning's) seed range; outside it Lightning would quietly seed 0
+    **dict.fromkeys(("seed", "seeds", "pretrain_seeds"), (0, 2**32 - 1, True, True)),
     "ProbeConfig.window": _NONNEG,  # 0: the prepared tile size
 }
 

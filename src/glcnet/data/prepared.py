@@ -78,6 +78,13 @@ class PreparedDataset:
     nodata = property(lambda self: self.meta.get("nodata"))  # per band, or None
 
     @property
+    def identity(self) -> str:
+        """What the data set is, as 8 hex digits: a hash of ``dataset.json`` and ``splits.json``
+        (:func:`dataset_id`). Recorded in every run and checkpoint: a folder re-prepared in place
+        (other splits, other subsets) has another identity."""
+        return dataset_id(self.root)
+
+    @property
     def is_8bit(self) -> bool:
         """True when the raw values are uint8 with value range [0, 255] on every band, so that
         ``raw / 255`` is the scaled image (loaders may then pass raw uint8 tiles on)."""
@@ -170,6 +177,20 @@ class PreparedDataset:
 
     def __repr__(self) -> str:
         return f"PreparedDataset({str(self.root)!r}, {len(self._scenes)} scenes, {len(self._tiles)} tiles)"
+
+
+def dataset_id(root: str | Path) -> str:
+    """Identity of the prepared data set in ``root``: the first 8 hex digits of the SHA-1 of its
+    ``dataset.json`` and ``splits.json`` (their text, as a JSON list)."""
+    import hashlib
+
+    r = Path(root)
+    names = ("dataset.json", "splits.json")
+    if not all((r / n).is_file() for n in names):
+        raise GlcnetError(f"{root or '<data>'}: not a prepared data set (no dataset.json/splits.json; "
+                          "run glcnet prepare first)")
+    text = json.dumps([(r / n).read_text() for n in names], sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
 class TileDataset(torch.utils.data.Dataset):

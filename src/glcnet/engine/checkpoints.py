@@ -8,6 +8,7 @@ every rank's RNG states (:class:`RngState`) and the run's kind and config
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from glcnet.config import to_dict
 from glcnet.errors import GlcnetError
-from glcnet.utils.atomic import torch_save
+from glcnet.utils.atomic import checksum_path, torch_save, verify
 from glcnet.utils.progress import log
 from glcnet.utils.rng import capture, rank_seed, restore, seed_globals
 
@@ -74,22 +75,31 @@ class RngState(Callback):
 
 
 class ConfigInCheckpoint(Callback):
-    """Store ``{"kind", "config"}`` in every checkpoint, so that --resume can check its settings."""
+    """Store ``{"kind", "config", "data_id"}`` in every checkpoint, so that --resume can check its
+    settings and that it continues on the same data set (its identity, not its path)."""
 
-    def __init__(self, kind: str, cfg: Any):
-        self.meta = {"kind": kind, "config": to_dict(cfg)}
+    def __init__(self, kind: str, cfg: Any, data_id: str | None = None):
+        self.meta = {"kind": kind, "config": to_dict(cfg), "data_id": data_id}
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         checkpoint["glcnet"] = self.meta
 
 
-def load_torch(path: str | os.PathLike, what: str) -> dict[str, Any]:
-    """``torch.load`` a checkpoint dict, with one-line errors naming the file."""
+def load_torch(path: str | os.PathLike, what: str, weights_only: bool = True) -> dict[str, Any]:
+    """``torch.load`` a checkpoint dict, with one-line errors naming the file; a file whose bytes do
+    not match the checksum written with it (``NAME.sha256``) is refused."""
     p = Path(path)
     if not p.is_file():
         raise GlcnetError(f"{p}: {what} not found")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        data = p.read_bytes()
+    except OSError as e:
+        raise GlcnetError(f"{p}: cannot read the {what} ({e.strerror})") from None
+    if not verify(p, data):
+        raise GlcnetError(f"{p}: damaged: its bytes do not match the checksum written with it "
+                          f"({checksum_path(p).name}); restore the file, or rerun what made it")
+    try:
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=weights_only)
     except Exception as e:  # corrupt, truncated, not a torch file
         raise GlcnetError(f"{p}: not a readable {what} ({type(e).__name__})") from None
     if not isinstance(obj, dict):

@@ -85,6 +85,24 @@ def check_trainer(tcfg: TrainerConfig) -> None:
         raise GlcnetError(f"trainer.accelerator: unknown {tcfg.accelerator!r} (valid: auto, cpu, gpu)")
     if isinstance(dev, int) and (dev == 0 or dev < -1):
         raise GlcnetError(f"trainer.devices={tcfg.devices}: expected auto, -1 (all) or a positive count")
+    _check_names(tcfg)
+
+
+def _check_names(tcfg: TrainerConfig) -> None:
+    """Precision and strategy names that Lightning accepts (its own lists): one line now, not a
+    library traceback once the run folder exists."""
+    import typing
+
+    from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    precisions = (*typing.get_args(_PRECISION_INPUT_STR), *typing.get_args(_PRECISION_INPUT_STR_ALIAS))
+    if str(tcfg.precision) not in precisions:
+        raise GlcnetError(f"trainer.precision: unknown {tcfg.precision!r} (valid: {', '.join(precisions)})")
+    strategies = ("auto", *StrategyRegistry.available_strategies())
+    if tcfg.strategy not in strategies:
+        raise GlcnetError(f"trainer.strategy: unknown {tcfg.strategy!r} (valid: auto, ddp, ddp_spawn, fsdp, "
+                          "deepspeed, ... as Lightning names them)")
 
 
 def seed_everything(seed: int) -> None:

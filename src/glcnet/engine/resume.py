@@ -69,32 +69,51 @@ def check_resume(last: str | Path, kind: str, cfg: Any) -> None:
 
         with contextlib.suppress(OSError, yaml.YAMLError):
             saved = yaml.safe_load((last.parent.parent / "config.yaml").read_text())
+    run = last.parent.parent
+    if meta.get("data_id") and getattr(cfg, "data", None):  # the same data set: by identity, wherever it lies
+        from glcnet.data.prepared import dataset_id
+
+        have = dataset_id(cfg.data)
+        if have != meta["data_id"]:
+            was = (saved or {}).get("data") if isinstance(saved, dict) else None
+            raise GlcnetError(f"{run}: cannot resume on {cfg.data}: it is not the data set the run was trained on "
+                              f"(identity {have}, the run's {meta['data_id']}: another data set, or re-prepared)"
+                              + (f"; the run was trained on {was}" if was else ""))
     if not isinstance(saved, dict):
         return
     old, new = _rates_resolved(flat(saved)), _rates_resolved(flat(to_dict(cfg)))
     for key in sorted(set(old) | set(new)):
         if key.startswith(MAY_CHANGE_ON_RESUME) or key in MAY_CHANGE_ON_RESUME:
             continue
+        if key == "data" and meta.get("data_id"):  # compared by identity above
+            continue
         if not _same(key, old.get(key), new.get(key)):
-            raise GlcnetError(f"{last.parent.parent}: cannot resume with {key}={new.get(key)!r}: the run was "
+            raise GlcnetError(f"{run}: cannot resume with {key}={new.get(key)!r}: the run was "
                               f"started with {key}={old.get(key)!r} (resume with the run's own settings, --config "
-                              f"{last.parent.parent / 'config.yaml'}, or choose another --out)")
+                              f"{(run / 'config.yaml').resolve()}, or choose another --out)")
 
 
 def previous_run(out: Path, kind: str, cfg: Any, resume: bool, *, result: str, noun: str) -> tuple[str | None, str]:
     """What ``out`` holds from an earlier run of ``glcnet kind``: ``(last, hint)``.
 
-    ``last``: the checkpoint a resumed run continues (:func:`resume_ckpt`), or None. With
-    ``resume``, refuses (one line) when there is none, or when :func:`check_resume` refuses it.
-    ``hint``: the advice of :func:`glcnet.outputs.run_folder` when ``out`` is taken: a finished
-    run (``out/result`` exists), one to resume, or one that stopped before its first checkpoint;
-    ``noun`` names the run ("pretraining").
+    ``last``: the checkpoint a resumed run continues (:func:`resume_ckpt` of the folder the run
+    writes into, :func:`glcnet.outputs.run_target`: an interrupted ``--overwrite``'s replacement
+    first), or None. With ``resume``, refuses (one line) when there is none, or when
+    :func:`check_resume` refuses it. ``hint``: the advice of :func:`glcnet.outputs.run_folder` when
+    ``out`` is taken: a finished run (``out/result`` exists), one to resume, or one that stopped
+    before its first checkpoint; ``noun`` names the run ("pretraining").
     """
-    last = resume_ckpt(out)
+    from glcnet.outputs import replacement, run_target
+
+    last = resume_ckpt(run_target(out, kind, resume=resume))
     if resume and last is None:
         raise GlcnetError(f"{out}: nothing to resume (no checkpoints/last.ckpt)")
     if resume and last is not None:
         check_resume(last, kind, cfg)
+    if resume_ckpt(replacement(out)) is not None:
+        return last, (f"an interrupted --overwrite left its replacement {noun} beside it; continue that with "
+                      "--resume, or start the replacement again with --overwrite (the run in it stays until "
+                      "a replacement finishes)")
     hint = (f"a finished {noun} is already there (--overwrite replaces it, or choose another --out)"
             if (out / result).exists() else
             f"holds an unfinished {noun}; continue it with --resume (or --overwrite to start again)"

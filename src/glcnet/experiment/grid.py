@@ -50,7 +50,9 @@ folders) and how the grid runs it are changed together.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import csv
 import hashlib
 import json
 import re
@@ -106,12 +108,10 @@ def _hashable(cfg: Any) -> dict[str, Any]:
 
 
 def data_id(data: str | Path) -> str:
-    """Identity of a prepared data set: hash of its ``dataset.json`` and ``splits.json``."""
-    root = Path(data)
-    if not data or not (root / "dataset.json").is_file() or not (root / "splits.json").is_file():
-        raise GlcnetError(f"{data or '<data>'}: not a prepared data set (no dataset.json/splits.json; "
-                          "run glcnet prepare first)")
-    return short_hash([(root / n).read_text() for n in ("dataset.json", "splits.json")])
+    """Identity of a prepared data set (:func:`glcnet.data.prepared.dataset_id`)."""
+    from glcnet.data.prepared import dataset_id
+
+    return dataset_id(data)
 
 
 def parse_method(spec: str) -> tuple[str, list[str]]:
@@ -244,10 +244,32 @@ def _probe_flat(cell: Path) -> dict[str, float]:
             for k, v in m.items() if k in ("miou", "kappa", "oa")}
 
 
+def _result(cell: Path) -> dict[str, Any] | None:
+    """``cell/result.json`` when it is a complete result; None when absent, or unreadable (a damaged
+    file is said once, and the cell counts as not done: it runs again)."""
+    path = cell / "result.json"
+    if not path.is_file():
+        return None
+    try:
+        r = json.loads(path.read_text())
+        if all(isinstance(r["metrics"][k], (int, float)) for k in ("kappa", "miou", "oa", "mean_f1")):
+            return dict(r)
+        raise ValueError("metrics that are not numbers")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        if path not in _damaged:
+            _damaged.add(path)
+            _log.warning(f"warning: {path} is damaged ({type(e).__name__}: {e}); the cell counts as not done and "
+                         "runs again")
+        return None
+
+
+_damaged: set[Path] = set()
+
+
 def _read_cell(cell: Path, method: str, fraction: float, seed: int, rel: str, pseed: int | None = None) -> CellResult:
     """The stored state of a cell: done (result.json), failed (error.txt) or pending."""
-    if (cell / "result.json").is_file():
-        r = json.loads((cell / "result.json").read_text())
+    r = _result(cell)
+    if r is not None:
         val = r["val"] if "val" in r else _stages()["val_metrics"](cell / "finetune")  # cells of older versions
         return CellResult(method, fraction, seed, rel, "done", {k: r["metrics"][k] for k in r["metrics"]}, val=val,
                           probe=_probe_flat(cell), pretrain_seed=pseed)
@@ -349,7 +371,7 @@ class Grid:
         done = _read_cell(cell, method, fraction, seed, rel, pretrain)
         if done.status == "done":
             if self.cfg.probe and not (cell / "probe.json").is_file():  # a cell of a version without the probe
-                self._probe(cell, fraction, seed, json.loads((cell / "result.json").read_text()).get("init", "none"))
+                self._probe(cell, fraction, seed, (_result(cell) or {}).get("init", "none"))
                 return _read_cell(cell, method, fraction, seed, rel, pretrain)
             return done
         (cell / "error.txt").unlink(missing_ok=True)
@@ -394,7 +416,7 @@ class Grid:
             t0 = time.time()
             m, f, s, p = cell
             name = f"{m} {frac_label(f)} seed {s}" + ("" if p is None else f" pretraining {p}")
-            skip = (self.cell_dir(*cell) / "result.json").is_file()
+            skip = _result(self.cell_dir(*cell)) is not None
             if not skip:
                 self.log(f"cell {i}/{len(todo)}: {name} ({eta.text()})")
             r = self.run_cell(*cell)
@@ -431,12 +453,34 @@ class Grid:
         return paths
 
 
+def _check_table(grid: Grid) -> None:
+    """``--only-table`` writes nothing unless the settings name finished cells of ``grid.out``: a table of
+    nothing (a mistyped --out, other settings) is refused, as is one with fewer finished cells than the
+    tables already there (written for other settings), which it would replace."""
+    out = grid.out
+    own = f"--config {out / 'config.yaml'}" if (out / "config.yaml").is_file() else "the experiment's own settings"
+    if not out.is_dir():
+        raise GlcnetError(f"{out}: no experiment there (check --out); nothing written")
+    done = sum((grid.cell_dir(*c) / "result.json").is_file() for c in grid.cells())  # damaged ones too
+    if done == 0:
+        raise GlcnetError(f"{out}: none of the {len(grid.cells())} cells of these settings has finished (other "
+                          f"settings than the experiment's? use {own}); nothing written")
+    before = 0
+    with contextlib.suppress(OSError, ValueError, KeyError, csv.Error):
+        with open(out / "results.csv", newline="") as f:
+            before = sum(int(row["n_done"]) for row in csv.DictReader(f))
+    if done < before:
+        raise GlcnetError(f"{out}: its tables hold {before} finished cells, these settings only {done}; rebuild "
+                          f"them with {own} (nothing written)")
+
+
 def run(cfg: ExperimentConfig, only_table: bool = False, title: str = "", note: str = "",
         log: Callable[[str], None] = _log.info) -> dict[str, Path]:
     """Run (or with ``only_table`` just re-tabulate) the grid of ``cfg``; return the table paths."""
     grid = Grid(cfg, log)
     _check(cfg)
     if only_table:
+        _check_table(grid)
         with outputs.run_folder(grid.out, "experiment", resume=True, inputs=[cfg.data]):
             return grid.tables(title, note)
     return grid.run(title, note)

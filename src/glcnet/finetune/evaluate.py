@@ -45,6 +45,22 @@ def _check_match(ckpt: dict[str, Any], ds: Any, path: Path) -> None:
         raise GlcnetError(f"{path}: model expects {ckpt['in_channels']} bands, the data set has {ds.in_channels}")
 
 
+def _check_unseen(ckpt: dict[str, Any], ds: Any, split: str, path: Path) -> None:
+    """A data set re-prepared since the model was trained (another identity) must not score the model on
+    scenes it was trained or selected on: refused when one is among ``split``'s, else a warning."""
+    if not ckpt.get("data_id") or ckpt["data_id"] == ds.identity:
+        return
+    seen = {s for part in ("train", "val") for s in (ckpt.get("scenes") or {}).get(part, [])}
+    used = sorted(seen & set(ds.scenes(split)))
+    if used:
+        raise GlcnetError(f"{ds.root}: its splits changed since {path} was trained (re-prepared: identity "
+                          f"{ds.identity}, the model's {ckpt['data_id']}); {split} scene {used[0]} "
+                          f"{'and ' + str(len(used) - 1) + ' more ' if len(used) > 1 else ''}was one of the scenes "
+                          "it was trained or selected on; evaluate on the data set it was trained on")
+    log.warning(f"warning: {ds.root} changed since {path} was trained (identity {ds.identity}, the model's "
+                f"{ckpt['data_id']}); none of its {split} scenes was a scene the model was trained or selected on")
+
+
 def run(ckpt: str | Path, data: str | Path | None = None, split: str = "test", cfg: EvalConfig | None = None,
         out: str | Path | None = None, device: str = "auto", progress: bool = True, overwrite: bool = False,
         value_range: str | None = None) -> dict[str, Any]:
@@ -72,6 +88,7 @@ def run(ckpt: str | Path, data: str | Path | None = None, split: str = "test", c
                               "pass --data PREPARED")
     ds = PreparedDataset(data)
     _check_match(meta, ds, Path(ckpt))
+    _check_unseen(meta, ds, split, Path(ckpt))
     vr = parse_value_range(value_range, ds.in_channels)
     if vr is None:
         check_like_training(Path(data) / "dataset.json", meta, ds.meta.get("dtype", "uint8"), ds.value_range)

@@ -28,7 +28,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
 
 from glcnet import outputs
-from glcnet.config import FinetuneConfig, add_config_args, check_values, config_from_args
+from glcnet.config import FinetuneConfig, add_config_args, check_values, config_from_args, replace
 from glcnet.engine import (
     ConfigInCheckpoint,
     build_trainer,
@@ -36,6 +36,7 @@ from glcnet.engine import (
     check_trainer,
     fit,
     has_checkpoint,
+    load_torch,
     loader_workers,
     previous_run,
     print0,
@@ -138,7 +139,7 @@ def _train_loader(cfg: FinetuneConfig, tiles: Any, world_size: int = 1, rank: in
 
 def _load_net(lightning_ckpt: Path, net: DeepLab) -> int:
     """Put the network stored in a Lightning checkpoint into ``net``; return its (0-based) epoch."""
-    state = torch.load(lightning_ckpt, map_location="cpu", weights_only=False)  # this run's own file
+    state = load_torch(lightning_ckpt, "checkpoint", weights_only=False)  # this run's own file
     net.load_state_dict({k[len("net."):]: v for k, v in state["state_dict"].items() if k.startswith("net.")})
     return int(state["epoch"])
 
@@ -174,6 +175,8 @@ def run(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False) -> P
     if not 1 <= cfg.val_every <= cfg.optim.epochs:
         raise GlcnetError(f"val_every: must be in 1..optim.epochs ({cfg.optim.epochs}), got {cfg.val_every}")
     ds = PreparedDataset(cfg.data)
+    init = resolve_init(cfg.init)  # paths resolved: the saved config works from any folder
+    cfg = replace(cfg, data=str(Path(cfg.data).resolve()), init=str(init.resolve()) if init else cfg.init)
     out = Path(cfg.out)
     last, hint = previous_run(out, "finetune", cfg, resume, result="model.pt", noun="fine-tuning")
     val = SceneDataset(ds, "val")  # model selection: val scenes only, never test
@@ -185,16 +188,16 @@ def run(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False) -> P
         recalibrate(net, chunks(sample_tiles(ds, ("train", "unlabeled"), cfg.bn_tiles), cfg.trainer.batch_size))
     weights = class_weights(cfg.class_weights, (ds.meta.get("class_counts") or {}).get("train"))
     with outputs.run_folder(out, "finetune", resume=resume, overwrite=overwrite, hint=hint, keep=has_checkpoint,
-                            inputs=[cfg.data, resolve_init(cfg.init)]):
+                            inputs=[cfg.data, resolve_init(cfg.init)]) as folder:  # out, or its replacement
         log.info(summary(report))
-        run_dir = RunDir.create(out, cfg, cfg.seed,
+        run_dir = RunDir.create(folder, cfg, cfg.seed,
                                 extra={"task": "finetune", "resumed_from": last if resume else None})
         if outputs.rank() == 0:
-            write_json(out / "init.json", report)
+            write_json(folder / "init.json", report)
         frozen = () if cfg.freeze == "none" else PARTS[cfg.freeze]
         trainer = build_trainer(cfg.trainer, run_dir, cfg.optim.epochs, seed=cfg.seed, monitor=MONITOR, mode="max",
                                 early_stop=cfg.early_stop, check_val_every_n_epoch=cfg.val_every, label="finetune",
-                                callbacks=[ConfigInCheckpoint("finetune", cfg)])
+                                callbacks=[ConfigInCheckpoint("finetune", cfg, ds.identity)])
         lr, lr_msg = scaled_lr(cfg.optim, cfg.trainer.batch_size, trainer.world_size)
         slow = () if report["init"] == "none" else PARTS[cfg.load]
         if slow and cfg.loaded_lr_mult != 1.0:
@@ -211,7 +214,7 @@ def run(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False) -> P
         t0 = time.monotonic()
         fit(trainer, task, loader, val_loader, ckpt_path=last if resume else None)
         if trainer.is_global_zero:
-            last_epoch, epoch, score = _export(cfg, ds, net, report, trainer, out)
+            last_epoch, epoch, score = _export(cfg, ds, net, report, trainer, folder)
             log.info("finetune: done, %d epochs, model.pt = epoch %d%s, in %s", last_epoch + 1, epoch + 1,
                      "" if score is None else f" ({MONITOR} {score:.4f})", duration(time.monotonic() - t0))
     return out / "model.pt"
@@ -226,7 +229,8 @@ def _export(cfg: FinetuneConfig, ds: Any, net: DeepLab, report: dict[str, Any], 
                 colors=ds.colors or [[0, 0, 0]] * ds.num_classes, ignore_index=ds.ignore_index)
     init = report["init"] if report["init"] == "none" else str(Path(report["init"]).resolve())
     extra = dict(data=str(Path(cfg.data).resolve()), init=init, method=report.get("method"), fraction=cfg.fraction,
-                 dtype=ds.meta.get("dtype"), nodata=ds.nodata)
+                 dtype=ds.meta.get("dtype"), nodata=ds.nodata, data_id=ds.identity,
+                 scenes={"train": ds.scenes("train"), "val": ds.scenes("val")})  # what it was trained/selected on
     step = trainer.global_step
     last_epoch = max(0, step - 1) // max(1, int(trainer.num_training_batches))  # 0-based, last epoch run
     torch_save(model_checkpoint(net.cpu(), **meta, epoch=last_epoch, step=step, **extra), out / "model_last.pt")

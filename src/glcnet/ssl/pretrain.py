@@ -27,7 +27,7 @@ from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch.utils.data import DataLoader
 
 from glcnet import outputs
-from glcnet.config import PretrainConfig, add_config_args, check_values, config_from_args, to_dict
+from glcnet.config import PretrainConfig, add_config_args, check_values, config_from_args, replace, to_dict
 from glcnet.engine import (
     ConfigInCheckpoint,
     build_trainer,
@@ -200,6 +200,7 @@ def run(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False) -> P
         raise GlcnetError("pretrain: no data set given (--data PREPARED or data: in the config)")
     keep_freed_memory()  # views batch after batch without page faults; inherited by the DataLoader workers
     ds = PreparedDataset(cfg.data)
+    cfg = replace(cfg, data=str(Path(cfg.data).resolve()))  # the saved config works from any folder
     out = Path(cfg.out)
     last, hint = previous_run(out, "pretrain", cfg, resume, result="pretrained.pt", noun="pretraining")
     seed_everything(cfg.seed)
@@ -222,26 +223,28 @@ def run(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False) -> P
         "std": list(map(float, ds.std)),
         "value_range": [list(map(float, r)) for r in ds.value_range],
         "nodata": ds.nodata,
+        "data_id": ds.identity,
     }
     with outputs.run_folder(out, "pretrain", resume=resume, overwrite=overwrite, inputs=[cfg.data], hint=hint,
-                            keep=has_checkpoint):
-        run_dir = RunDir.create(out, cfg, cfg.seed,
+                            keep=has_checkpoint) as folder:  # out, or its replacement (--overwrite)
+        run_dir = RunDir.create(folder, cfg, cfg.seed,
                                 extra={"task": "pretrain", "resumed_from": last if resume else None})
         if probe_note:
             log.info(probe_note)
         trainer = build_trainer(cfg.trainer, run_dir, max_epochs=cfg.optim.epochs, seed=cfg.seed,
                                 find_unused_parameters=method.find_unused_parameters,
-                                callbacks=[*callbacks, ConfigInCheckpoint("pretrain", cfg)],
+                                callbacks=[*callbacks, ConfigInCheckpoint("pretrain", cfg, ds.identity)],
                                 label=f"pretrain {cfg.method.name}", per_rank_bn=per_rank_bn)
         lr, lr_msg = scaled_lr(cfg.optim, cfg.trainer.batch_size, trainer.world_size)
         log.info(lr_msg)
-        task = PretrainTask(method, cfg, export, out, lr=lr)
+        task = PretrainTask(method, cfg, export, folder, lr=lr)
         loader = _pool_loader(cfg, pool, trainer.world_size, task.generator)
         t0 = time.monotonic()
         log.info("pretrain %s: %d tiles, %d epochs%s -> %s", cfg.method.name, len(cast(Sized, loader.dataset)),
                  cfg.optim.epochs, " (resumed)" if resume else "", out)
         fit(trainer, task, loader, ckpt_path=last if resume else None)
-        path = task.export(epochs_done=trainer.current_epoch)  # also covers a max_steps stop mid-epoch
+        task.export(epochs_done=trainer.current_epoch)  # also covers a max_steps stop mid-epoch
+    path = out / "pretrained.pt"
     loss = trainer.callback_metrics.get("train/loss_epoch", trainer.callback_metrics.get("train/loss"))
     log.info("pretrain %s: done, %d steps, loss %s, in %s", cfg.method.name, trainer.global_step,
              "-" if loss is None else f"{float(loss):.4g}", duration(time.monotonic() - t0))

@@ -3,11 +3,16 @@
 A crash, a full disk or an interruption never leaves a half-written file or folder under
 the final name: the temporary lives in the target's own folder (so the rename is atomic,
 never a cross-device copy), is fsynced before the rename, and is removed on any error.
+
+Checkpoints and weights (:func:`torch_save`) also get ``NAME.sha256`` beside them, in
+``sha256sum`` format, so that a file damaged later (a bad disk, a partial copy, an edit) is
+refused when read (:func:`verify`) instead of silently loading other numbers.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -140,8 +145,37 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def checksum_path(path: str | os.PathLike) -> Path:
+    """``NAME.sha256`` beside ``NAME``."""
+    return Path(f"{os.fspath(path)}.sha256")
+
+
+def write_checked(path: str | os.PathLike, data: bytes) -> None:
+    """Atomically write ``data`` to ``path`` and its SHA-256 to ``path.sha256``. The old checksum goes
+    once the new bytes are on disk under the temporary name, before the rename: a failed write keeps
+    the old file and its checksum; a crash between the rename and the new checksum leaves a file
+    without one (read unverified), never one wrongly refused."""
+    side = checksum_path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        side.unlink(missing_ok=True)
+    write_text(side, f"{hashlib.sha256(data).hexdigest()}  {Path(path).name}\n")
+
+
+def verify(path: str | os.PathLike, data: bytes) -> bool:
+    """Whether ``data`` (the bytes read from ``path``) matches ``path.sha256``; True when there is none
+    (files of earlier versions, or copied without it)."""
+    side = checksum_path(path)
+    try:
+        want = side.read_text().split()[0]
+    except (OSError, IndexError):
+        return True
+    return hashlib.sha256(data).hexdigest() == want
+
+
 def torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """Atomically ``torch.save`` ``obj`` to ``path``.
+    """Atomically ``torch.save`` ``obj`` to ``path``, with its checksum (:func:`write_checked`).
 
     Serialised in memory first, so that a write error is a plain ``OSError`` (ENOSPC, EFBIG)
     rather than torch's zip writer's ``RuntimeError``.
@@ -150,4 +184,24 @@ def torch_save(obj: Any, path: str | os.PathLike) -> None:
 
     buf = io.BytesIO()
     torch.save(obj, buf)
-    write_bytes(path, buf.getvalue())
+    write_checked(path, buf.getvalue())
+
+
+def exchange(a: str | os.PathLike, b: str | os.PathLike) -> None:
+    """Swap two existing paths: in one atomic step where the OS has it (Linux ``renameat2`` with
+    ``RENAME_EXCHANGE``), else by two renames through a third name (a crash between them leaves
+    both under their own names or the third one, never one lost)."""
+    a, b = os.fspath(a), os.fspath(b)
+    with contextlib.suppress(AttributeError, OSError):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        at_fdcwd, rename_exchange = -100, 2
+        if libc.renameat2(at_fdcwd, a.encode(), at_fdcwd, b.encode(), rename_exchange) == 0:
+            fsync_dir(Path(a).parent)
+            return
+    third = f"{a}.exchange-{os.getpid()}"
+    os.replace(a, third)
+    os.replace(b, a)
+    os.replace(third, b)
+    fsync_dir(Path(a).parent)
