@@ -113,11 +113,20 @@ def test_variants_resolve_to_glcnet_options():
 def test_method_forward_backward_and_export(name, bands):
     torch.manual_seed(0)
     method = build_method(tiny_cfg(name), bands, mean=[0.4] * bands, std=[0.2] * bands)
-    out = method(torch.rand(4, bands, 80, 80))
-    assert TERMS[name] <= set(out) and {"loss", "emb_std"} <= set(out)
+    out = method(torch.rand(4, bands, 80, 80), generator=torch.Generator().manual_seed(0))
+    assert set(out) == TERMS[name] | {"loss", "emb_std"}
     assert torch.isfinite(out["loss"]) and out["loss"].ndim == 0
-    assert float(out["emb_std"]) > 0 and not out["emb_std"].requires_grad
-    out["loss"].backward()
+    assert 0.01 < float(out["emb_std"]) < 1 and not out["emb_std"].requires_grad
+    # the loss is the documented combination of its logged terms
+    m = method.cfg.method
+    weights = {"vicregl": (m.vicregl_alpha, 1 - m.vicregl_alpha), "glcnet_no_global": (0.0, 1.0),
+               "glcnet_no_local": (1.0, 0.0)}.get(name, (m.lam, 1 - m.lam))
+    if {"loss_global", "loss_local"} <= set(out):
+        want = weights[0] * out["loss_global"] + weights[1] * out["loss_local"]
+    else:
+        want = out[next(k for k in ("loss_contrast", "loss_mse", "loss_ce", "loss_global", "loss_local") if k in out)]
+    torch.testing.assert_close(out["loss"], want)
+    out["loss"].backward()  # (every loaded weight gets a gradient: tests/test_gradients.py)
     conv1 = method.net.encoder.conv1.weight.grad
     assert conv1 is not None and torch.isfinite(conv1).all() and conv1.abs().sum() > 0
 
@@ -145,12 +154,42 @@ def test_matched_patches_pool_to_the_same_ground(stride):
     assert err < 0.01 < wrong and err < wrong / 5
 
 
-def test_glcnet_loss_is_lambda_mix():
+def naive_ntxent(z1: torch.Tensor, z2: torch.Tensor, t: float) -> torch.Tensor:
+    """SimCLR's NT-Xent by loops: anchor i of 2n, positive i +- n, denominator every k != i."""
+    z = F.normalize(torch.cat([z1, z2]).double(), dim=1)
+    n2 = z.shape[0]
+    terms = []
+    for i in range(n2):
+        j = (i + n2 // 2) % n2
+        den = sum(torch.exp(z[i] @ z[k] / t) for k in range(n2) if k != i)
+        terms.append(-torch.log(torch.exp(z[i] @ z[j] / t) / den))
+    return torch.stack(terms).mean()
+
+
+def test_glcnet_loss_is_lambda_mix_of_independently_computed_terms():
+    """loss = lam L_global + (1 - lam) L_local, each term recomputed here from the network's maps with
+    loops: the style vector (mean, population variance), NT-Xent over the B view pairs, NT-Xent over
+    the valid patch pairs pooled at the boxes the method drew (same generator seed)."""
     torch.manual_seed(1)
-    method = build_method(tiny_cfg("glcnet", lam=0.3), 3)
-    out = method(method.views(torch.rand(4, 3, 64, 64)))  # views made outside (e.g. DataLoader workers)
-    expected = 0.3 * out["loss_global"] + 0.7 * out["loss_local"]
-    torch.testing.assert_close(out["loss"], expected)
+    method = no_dropout(build_method(tiny_cfg("glcnet", lam=0.3), 3)).eval()
+    views = method.views(torch.rand(4, 3, 64, 64))  # views made outside (e.g. DataLoader workers)
+    out = method(views, generator=torch.Generator().manual_seed(5))
+    assert set(out) == {"loss", "loss_global", "loss_local", "emb_std"}
+    with torch.no_grad():
+        feats = method.net.features(torch.cat([views.view1, views.view2]))
+        a = feats["aspp"].flatten(2)  # [2B, C, hw]
+        style = torch.cat([a.mean(2), ((a - a.mean(2, keepdim=True)) ** 2).mean(2)], 1)
+        g1, g2 = method.global_head(style).chunk(2)
+        glob = naive_ntxent(g1, g2, 0.5)
+        b1, b2, valid = sample_patches(views, 3, 16, torch.Generator().manual_seed(5))
+        d1, d2 = feats["decoder"].chunk(2)
+        z1 = method.local_head(pool_patches(d1, b1, 0.25))[valid]
+        z2 = method.local_head(pool_patches(d2, b2, 0.25))[valid]
+        local = naive_ntxent(z1, z2, 0.5)
+    assert valid.sum() >= 4
+    torch.testing.assert_close(out["loss_global"].double(), glob, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out["loss_local"].double(), local, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out["loss"].double(), 0.3 * glob + 0.7 * local, rtol=1e-4, atol=1e-5)
 
 
 def test_mocov2_symmetric_loss_queue_and_momentum_update():

@@ -128,6 +128,13 @@ def test_checkpoints_of_every_pretraining_method_load(tmp_path):
         path = tmp_path / f"{name}.pt"
         torch_save({"kind": "pretrained", "method": name, "model": to_dict(CFG), "in_channels": 4,
                     "state_dict": method.pretrained_state_dict()}, path)
-        for part in ("encoder", "encoder+aspp", "all"):
-            report = load_pretrained(fresh(), str(path), part, CFG)
-            assert report["loaded"] > 0 and report["unexpected"] == [], (name, part)
+        state = method.pretrained_state_dict()
+        for part, prefixes in (("encoder", ("encoder.",)), ("encoder+aspp", ("encoder.", "decoder.aspp.")),
+                               ("all", ("encoder.", "decoder."))):
+            model = fresh()
+            report = load_pretrained(model, str(path), part, CFG)
+            want = {k for k in model.state_dict() if k.startswith(prefixes)}
+            assert report["loaded"] == len(want) and report["unexpected"] == [], (name, part)
+            assert set(report["missing"]) == set(model.state_dict()) - want, (name, part)
+            got = model.state_dict()
+            assert all(torch.equal(got[k], state[k]) for k in want), (name, part)  # the method's tensors
