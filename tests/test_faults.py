@@ -588,6 +588,18 @@ def test_overrides_may_follow_options(w, capsys, tmp_path):
             "optim.lr", watch=[tmp_path])
 
 
+def test_yaml_with_a_key_given_twice_is_refused(capsys, tmp_path):
+    config = tmp_path / "pretrain.yaml"
+    config.write_text("optim:\n  lr: 0.1\n  epochs: 2\n  lr: 0.5\n")  # which lr did the user mean?
+    refused(capsys, ["pretrain", "--config", config, "--data", tmp_path / "data", "--out", tmp_path / "run"],
+            config, "'lr'", "line 4", "line 2", watch=[tmp_path])
+    legend = tmp_path / "legend.yaml"
+    legend.write_text("road: [255, 255, 0]\nwater: [0, 0, 255]\nroad: [255, 0, 0]\n")
+    src = _palette_scenes(tmp_path / "raw", [(0, 0, 255), (255, 255, 0)])
+    refused(capsys, ["prepare", "generic", "--src", src, "--out", tmp_path / "p", "--legend", legend],
+            legend, "'road'", "line 3", watch=[tmp_path])
+
+
 def test_method_entries_with_overrides_parse_on_the_command_line(w, capsys, tmp_path):
     out = tmp_path / "e"
     base = ["experiment", "--config", "experiment_cpu", f"data={w.prep}", f"out={out}", "fractions=[1.0]",

@@ -387,6 +387,8 @@ def read_legend(path: Path) -> tuple[list[str], list[tuple[int, int, int]], list
     CSV rows ``name,r,g,b[,ignore]`` (optional header), or YAML/JSON: a list of
     ``{name, color: [r, g, b], ignore: bool}`` or a mapping ``name: [r, g, b]``.
     """
+    from glcnet.config import DuplicateKeyError, load_yaml
+
     path = Path(path)
     if not path.is_file():
         raise GlcnetError(f"{path}: legend file not found")
@@ -400,15 +402,15 @@ def read_legend(path: Path) -> tuple[list[str], list[tuple[int, int, int]], list
                         "ignore": len(r) > 4 and r[4].strip().lower() in ("1", "true", "yes", "ignore")}
                        for r in rows]
         else:
-            import yaml  # JSON is YAML
-
-            data = yaml.safe_load(path.read_text())
+            data = load_yaml(path.read_text())  # JSON is YAML
             if isinstance(data, dict):
                 data = [{"name": k, "color": v} for k, v in data.items()]
             entries = [{"name": str(e["name"]), "color": [int(v) for v in e["color"]],
                         "ignore": bool(e.get("ignore", False))} for e in data]
         if any(len(e["color"]) != 3 or not all(0 <= v <= 255 for v in e["color"]) for e in entries):
             raise ValueError("each colour needs 3 values in 0..255")
+    except DuplicateKeyError as err:  # a class given twice: which colour did the user mean?
+        raise GlcnetError(f"{path}: {err}") from None
     except Exception as err:
         raise GlcnetError(f"{path}: not a valid legend ({type(err).__name__}: {err}); "
                           "expected rows name,r,g,b[,ignore]") from None
