@@ -128,6 +128,22 @@ def world(w) -> list[Path]:
     return [w.raw, w.prep, w.pre, w.ft]
 
 
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, one_thread) -> Path:
+    """A randomly initialised model.pt (4 bands, 3 classes, uint8 0..255) for checks that need no training."""
+    from glcnet.config import ModelConfig
+    from glcnet.finetune.weights import model_checkpoint
+    from glcnet.models import build_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(encoder="tu-mobilenetv3_small_050", aspp_channels=16)
+    model = build_model(cfg, 4, num_classes=3, mean=[0.4] * 4, std=[0.2] * 4)
+    path = tmp_path_factory.mktemp("tiny_model") / "model.pt"
+    torch_save(model_checkpoint(model, cfg, bands=BANDS, value_range=[[0, 255]] * 4, classes=["a", "b", "c"],
+                                colors=[[0, 0, 0], [255, 0, 0], [0, 255, 0]], ignore_index=255), path)
+    return path
+
+
 # ============================================================================= 1. outputs
 def test_evaluate_into_the_run_it_evaluates_is_refused(w, capsys):
     refused(capsys, ["evaluate", "--ckpt", w.model, "--out", w.ft, "--window", "64", "--stride", "64"],
@@ -509,6 +525,14 @@ def test_predict_writes_nodata_where_the_input_has_none(w, capsys, tmp_path, flo
     assert (pred[40:, :20] == 255).all() and (pred[:40] < 6).all()
     with rasterio.open(tmp_path / "maps" / "refl_probs.tif") as d:
         assert (d.read()[:, 40:, :20] == 0).all()
+
+
+@pytest.mark.parametrize("value_range", ["0,nan", "0,inf", "nan,255"])
+def test_predict_refuses_a_value_range_that_is_not_finite(tiny_model, capsys, tmp_path, value_range):
+    scene = write_tif(tmp_path / "in" / "scene.tif", np.zeros((4, 64, 64), np.uint8))
+    refused(capsys, ["predict", "--ckpt", tiny_model, scene, "--out", tmp_path / "maps", "--window", "64",
+                     "--stride", "64", "--value-range", value_range], f"--value-range {value_range}", "finite", watch=[tmp_path])
+    assert not (tmp_path / "maps").exists()
 
 
 def test_evaluate_refuses_a_data_set_of_another_dtype(w, capsys, tmp_path):

@@ -62,13 +62,15 @@ def resolve_device(device: str) -> torch.device:
 
 
 def parse_value_range(text: str | None, bands: int) -> list[list[float]] | None:
-    """``--value-range LO,HI`` (every band) or ``LO1,HI1,LO2,HI2,...`` (one pair per band)."""
+    """``--value-range LO,HI`` (every band) or ``LO1,HI1,LO2,HI2,...`` (one pair per band), finite numbers."""
     if text is None:
         return None
     try:
         v = [float(x) for x in text.split(",")]
     except ValueError:
         v = []
+    if not all(math.isfinite(x) for x in v):  # nan/inf would scale every pixel to 0 (one class everywhere)
+        raise GlcnetError(f"--value-range {text}: LO and HI must be finite numbers")
     if len(v) not in (2, 2 * bands) or any(hi <= lo for lo, hi in zip(v[::2], v[1::2])):
         raise GlcnetError(f"--value-range {text}: expected LO,HI (LO < HI) for every band, or {bands} such pairs")
     return [v[:2]] * bands if len(v) == 2 else [v[i:i + 2] for i in range(0, len(v), 2)]
