@@ -252,6 +252,37 @@ def test_resume_and_overwrite_together_are_refused(w, capsys, tmp_path):
             "--resume", "--overwrite", watch=[tmp_path])
 
 
+def test_benchmark_json_to_stdout_in_a_pipe_never_hangs(tmp_path):
+    args = ["benchmark", "views", "--batch", "2", "--batches", "1", "--warmup", "0", "--tile", "64", "--size", "48",
+            "--patch-size", "8", "--json", "/dev/stdout"]
+    p = subprocess.run([sys.executable, "-m", "glcnet.cli", *args], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout)  # stdout holds the JSON alone; the figures went to stderr
+    assert res["glcnet"] == "benchmark views" and res["speedup"] > 0 and "speed-up" in p.stderr
+    refused_gpu = subprocess.run([sys.executable, "-m", "glcnet.cli", "benchmark", "gpu", "--device", "cpu", "--tiny",
+                                  "--json", "/dev/stdout"], capture_output=True, text=True, timeout=120)
+    assert refused_gpu.returncode == 2 and refused_gpu.stdout == "", refused_gpu.stderr
+    assert refused_gpu.stderr.strip() == "error: --json /dev/stdout: give a file; the figures are rewritten after " \
+                                        "every section"
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--sizes", "2000,big"], "--sizes"),
+    (["--sizes", "0"], "--sizes"),
+    (["--window", "0"], "--window"),
+    (["--stride", "0"], "--stride"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--classes", "0"], "--classes"),
+    pytest.param(["--device", "cuda"], "no CUDA GPU", marks=pytest.mark.skipif(HAS_GPU, reason="has a GPU")),
+])
+def test_benchmark_predict_refuses_bad_arguments_in_one_line(capsys, tmp_path, args, says):
+    refused(capsys, ["benchmark", "predict", "--sizes", "64", "--window", "64", "--stride", "64",
+                     "--encoder", "tu-mobilenetv3_small_050", *args, "--json", tmp_path / "b.json"],
+            says, watch=[tmp_path])
+    assert not list(tmp_path.iterdir())
+
+
 # ============================================================================= 2. signals
 def test_sigterm_stops_pretraining_at_a_step_with_a_checkpoint_then_resume_finishes(w, capsys, tmp_path):
     out = tmp_path / "pre"
