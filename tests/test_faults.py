@@ -566,6 +566,58 @@ def test_predict_refuses_a_value_range_that_is_not_finite(tiny_model, capsys, tm
     assert not (tmp_path / "maps").exists()
 
 
+def _scenes_with_tif_masks(root: Path, mask_value=None, image_geo=None, mask_geo=None) -> Path:
+    """Three 64 px uint8 scenes with GeoTIFF masks (``mask_value``: a float mask of that fill pattern);
+    ``*_geo``: (crs, transform) or None."""
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        for name, arr, geo in [("images", rng.integers(0, 256, (3, 64, 64), dtype=np.uint8), image_geo),
+                               ("masks", rng.integers(0, 2, (1, 64, 64)).astype(np.uint8) if mask_value is None
+                                else np.where(rng.uniform(size=(1, 64, 64)) > 0.5, *mask_value).astype(np.float32),
+                                mask_geo)]:
+            path = root / name / f"s{i}.tif"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            crs, transform = geo or (None, None)
+            with rasterio.open(path, "w", driver="GTiff", count=1 if name == "masks" else 3, height=64, width=64,
+                               dtype=arr.dtype, crs=crs, transform=transform) as dst:
+                dst.write(arr)
+    return root
+
+
+@pytest.mark.parametrize("mask_geo,says", [
+    (("EPSG:32633", "shifted"), "geotransform"),
+    (("EPSG:32632", "same"), "CRS EPSG:32632"),
+])
+def test_mask_georeferenced_unlike_its_image_is_refused(capsys, tmp_path, mask_geo, says):
+    from affine import Affine
+
+    grid = Affine(0.5, 0, 366000.0, 0, -0.5, 5808000.0)
+    crs, where = mask_geo
+    src = _scenes_with_tif_masks(tmp_path / "raw", image_geo=("EPSG:32633", grid),
+                                 mask_geo=(crs, grid @ Affine.translation(3, 0) if where == "shifted" else grid))
+    line = refused(capsys, ["prepare", "generic", "--src", src, "--out", tmp_path / "p", "--classes", "a,b",
+                            "--tile-size", "32"], says, watch=[tmp_path])
+    assert "masks/s0.tif" in line and "images/s0.tif" in line  # both files
+    # a mask without georeferencing is taken as aligned with its image
+    src = _scenes_with_tif_masks(tmp_path / "plain", image_geo=("EPSG:32633", grid))
+    assert run(capsys, "prepare", "generic", "--src", src, "--out", tmp_path / "ok", "--classes", "a,b",
+               "--tile-size", "32", "--split-ratios", "0.34,0.33,0.33")[0] == 0
+
+
+def test_float_mask_with_fractions_is_refused_not_truncated(capsys, tmp_path):
+    def prepare(src, out, *extra):
+        return ["prepare", "generic", "--src", src, "--out", out, "--tile-size", "32", "--split-ratios",
+                "0.34,0.33,0.33", *extra]
+
+    src = _scenes_with_tif_masks(tmp_path / "raw", mask_value=(0.7, 1.6))
+    refused(capsys, prepare(src, tmp_path / "p", "--classes", "a,b"), f"{src}/masks/s", "non-integer values such as",
+            "--mask-threshold", watch=[tmp_path])
+    assert run(capsys, *prepare(src, tmp_path / "t", "--mask-threshold", "1"))[0] == 0  # a soft mask, binarised
+    assert set(np.unique(np.load(tmp_path / "t" / "masks" / "s0.npy"))) == {0, 1}
+    whole = _scenes_with_tif_masks(tmp_path / "whole", mask_value=(0.0, 1.0))  # float, but whole class values
+    assert run(capsys, *prepare(whole, tmp_path / "w", "--classes", "a,b"))[0] == 0
+
+
 def test_evaluate_refuses_a_data_set_of_another_dtype(w, capsys, tmp_path):
     prep = copy(w.prep, tmp_path / "prep")
     meta = json.loads((prep / "dataset.json").read_text())

@@ -96,18 +96,27 @@ def decode_colors(rgb: np.ndarray, colors, path: Path, ignore_colors=()) -> np.n
 
 
 def decode_index(mask: np.ndarray, path: Path, num_classes: int | None, *,
-                 reduce_zero_label: bool = False, threshold: float | None = None) -> np.ndarray:
+                 reduce_zero_label: bool = False, threshold: float | None = None,
+                 threshold_flag: str | None = None) -> np.ndarray:
     """Index mask ``[H, W]`` -> ``uint8 [H, W]``.
 
     ``threshold`` T: ``mask >= T`` -> 1 else 0 (anti-aliased binary masks).
     ``reduce_zero_label``: 0 -> 255, v -> v - 1 (mmseg convention; 255 stays 255).
-    Values other than 0..K-1 and 255 are an error naming the file.
+    Values other than 0..K-1 and 255 are an error naming the file, and so are non-integer
+    values of a float mask (a probability or soft mask; ``threshold_flag``: the option that
+    would binarise it, named in the error).
     """
     if mask.ndim != 2:
         raise GlcnetError(f"{path}: expected a single-band index mask, got {mask.shape[0]} bands "
                           "(colour masks need a legend)")
     if threshold is not None:
         return (mask >= threshold).astype(np.uint8)
+    if mask.dtype.kind == "f":
+        frac = mask[~np.isfinite(mask) | (mask != np.floor(mask))]
+        if frac.size:
+            use = f"give {threshold_flag} T to binarise it, or " if threshold_flag else ""
+            raise GlcnetError(f"{path}: float mask holds non-integer values such as {frac[0]:g} ({frac.size} "
+                              f"pixels), which would be truncated to classes; {use}store integer class values")
     m = mask.astype(np.int64)
     if reduce_zero_label:
         m = np.where((mask == 0) | (mask == IGNORE), IGNORE, m - 1)
@@ -493,7 +502,7 @@ class Generic(Format):
                 raise GlcnetError(f"{path}: single-band mask but --legend {o['legend']} describes colours")
             return decode_colors(raw, self.colors, path, self.ignore_colors)
         m = decode_index(raw, path, len(self.classes) or None, reduce_zero_label=o["reduce_zero_label"],
-                         threshold=o["mask_threshold"])
+                         threshold=o["mask_threshold"], threshold_flag="--mask-threshold")
         labelled = m[m != IGNORE]
         if labelled.size:
             self._max_label = max(self._max_label, int(labelled.max()))

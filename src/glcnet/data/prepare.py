@@ -35,7 +35,7 @@ import numpy as np
 
 from glcnet import outputs
 from glcnet.data.formats import Format, Source, default_colors, get_format
-from glcnet.data.raster import RASTER_SUFFIXES, invalid, probe, scale
+from glcnet.data.raster import RASTER_SUFFIXES, check_aligned, invalid, probe, scale
 from glcnet.data.splits import ALL_SPLITS, DEFAULT_FRACTIONS, SPLITS, assign_splits, labelled_subsets, tile_windows
 from glcnet.errors import GlcnetError
 from glcnet.utils.atomic import write_json
@@ -186,7 +186,8 @@ def _check_names(sources: list[Source]) -> None:
 
 
 def _preflight(f: Format, sources: list[Source], tile: int):
-    """Read every header once: band count/names, sizes, dtypes, tile size; fail fast.
+    """Read every header once: band count/names, sizes, dtypes, masks on their image's pixels (size,
+    CRS, geotransform), tile size; fail fast.
 
     Returns ``({scene: (H, W)}, band names, per-band dtypes, stored dtype, {scene: per-band nodata tag})``.
     """
@@ -210,6 +211,7 @@ def _preflight(f: Format, sources: list[Source], tile: int):
                 if (m["height"], m["width"]) != (h, w):
                     raise GlcnetError(f"{label}: mask is {m['width']}x{m['height']} but image {s.image.name} "
                                       f"is {w}x{h}")
+                check_aligned(label, m, s.image, info)
         if tile > h or tile > w:
             raise GlcnetError(f"{s.image}: scene {s.name} is {w}x{h}, smaller than the tile size {tile}")
         dt = np.result_type(*dts)
