@@ -483,12 +483,12 @@ def test_gpu_asked_for_where_there_is_none(w, capsys, tmp_path, command):
 
 
 # ============================================================================= 4. input values
-def _float_scenes(root: Path, nodata_tag) -> Path:
-    """Three 64 px float32 scenes of reflectance 0..1 with a -9999 no-data corner, index masks 0/1."""
+def _float_scenes(root: Path, nodata_tag, fill: float = -9999) -> Path:
+    """Three 64 px float32 scenes of reflectance 0..1 with a ``fill`` (no-data) corner, index masks 0/1."""
     rng = np.random.default_rng(0)
     for i in range(3):
         img = rng.uniform(0, 1, (2, 64, 64)).astype(np.float32)
-        img[:, :16, :16] = -9999
+        img[:, :16, :16] = fill
         write_tif(root / "images" / f"s{i}.tif", img, nodata=nodata_tag)
         mask = (rng.uniform(size=(64, 64)) > 0.5).astype(np.uint8)
         Image.fromarray(mask).save((root / "masks").mkdir(parents=True, exist_ok=True) or root / "masks" / f"s{i}.png")
@@ -510,6 +510,24 @@ def test_float_nodata_leaves_statistics_and_labels(capsys, tmp_path, how):
         assert 0.45 < m < 0.55  # the mean of the valid pixels, not pulled to 0 by no-data
     mask = np.load(out / "masks" / "s0.npy")
     assert (mask[:16, :16] == 255).all() and (mask[16:] != 255).all()
+
+
+@pytest.mark.parametrize("fill", [-9999.0, -32768.0, float(np.finfo(np.float32).min), 1e20])
+def test_undeclared_float_nodata_fill_is_a_warning(capsys, tmp_path, fill):
+    src = _float_scenes(tmp_path / "raw", None, fill=fill)
+    args = ["prepare", "generic", "--src", src, "--classes", "a,b", "--tile-size", "32", "--split-ratios",
+            "0.34,0.33,0.33"]
+    code, _, err = run(capsys, *args, "--out", tmp_path / "p1")
+    warnings = [ln for ln in err.splitlines() if ln.startswith("warning:")]
+    assert code == 0 and len(warnings) == 2, err  # one line per band, for all three files
+    text = f"{fill:g}" if np.float32(f"{fill:g}") == np.float32(fill) else str(np.float32(fill))
+    for band, line in zip(["B1", "B2"], warnings):
+        assert f"{src}/images/s" in line and "(and 2 other file(s))" in line and f"band {band} has 6.2%" in line
+        assert f"at {text}," in line and f"--nodata={text} declares it" in line
+    code, _, err = run(capsys, *args, "--out", tmp_path / "p2", f"--nodata={text}")  # as the warning says
+    assert code == 0 and "warning" not in err, err
+    meta = json.loads((tmp_path / "p2" / "dataset.json").read_text())
+    assert all(0.45 < m < 0.55 for m in meta["mean"]) and np.float32(meta["nodata"][0]) == np.float32(fill)
 
 
 def test_nodata_outside_the_dtype_is_refused(capsys, tmp_path):

@@ -184,7 +184,8 @@ def scale(raw: np.ndarray, value_range: Sequence[Sequence[float]],
     shape = (len(vr),) + (1,) * (raw.ndim - 1)
     lo = vr[:, 0].reshape(shape)
     span = np.maximum(vr[:, 1] - vr[:, 0], 1e-12).reshape(shape)
-    out = (raw.astype(np.float32) - lo) / span
+    with np.errstate(over="ignore"):  # a float32 fill such as -3.4e38 overflows to -inf, clipped to 0
+        out = (raw.astype(np.float32) - lo) / span
     np.clip(out, 0.0, 1.0, out=out)
     if raw.dtype.kind not in "ui":  # integer rasters cannot hold NaN
         np.nan_to_num(out, copy=False, nan=0.0)
