@@ -400,6 +400,48 @@ def test_full_disk_in_evaluate_leaves_nothing(w, capsys, tmp_path, monkeypatch):
     assert code == 1 and "No space left on device" in err and not out.exists() and not leftovers(tmp_path)
 
 
+def small_disk(limit: int):
+    """``preexec_fn`` of a process whose files cannot grow past ``limit`` bytes (EFBIG, as a full disk)."""
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def test_full_disk_in_prepare_names_the_file_and_the_cause(tmp_path):
+    raw = generate_scenes(tmp_path / "raw", n_scenes=3, size=128, seed=0)
+    out = tmp_path / "prep"
+    p = cli_process("prepare", "generic", "--src", raw, "--out", out, "--tile-size", "64", "--classes",
+                    ",".join(CLASSES), preexec_fn=small_disk(20_000))  # a 4 x 128 x 128 image does not fit
+    _, err = p.communicate(timeout=300)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert p.returncode == 1 and len(lines) == 1, err
+    assert lines[0].startswith(f"error: {out}/images/scene_") and ".npy: File too large" in lines[0]
+    assert not out.exists() and not leftovers(tmp_path)
+
+
+def test_full_disk_in_predict_leaves_no_map(tiny_model, tmp_path):
+    """GDAL reports a write that fails when the GeoTIFF closes only on stderr: the map must not look finished."""
+    scene = write_tif(tmp_path / "in" / "scene.tif", np.random.default_rng(0).integers(0, 256, (4, 256, 256),
+                                                                                      dtype=np.uint8))
+    out = tmp_path / "maps"
+    p = cli_process("predict", "--ckpt", tiny_model, scene, "--out", out, "--window", "64", "--stride", "64",
+                    "--probs", "--no-progress", preexec_fn=small_disk(5_000))
+    _, err = p.communicate(timeout=300)
+    line = [ln for ln in err.splitlines() if ln.strip()][-1]
+    assert p.returncode == 1, err
+    assert line.startswith(f"error: {out}/scene_") and "not written completely" in line and "None" not in line
+    assert not list(out.glob("scene_*")) and not leftovers(tmp_path)
+
+
+def test_write_error_without_errno_names_the_file_and_its_message(tmp_path, capsys):
+    from glcnet.utils.atomic import atomic_path
+
+    target = tmp_path / "a.bin"
+    with pytest.raises(OSError) as e, atomic_path(target):
+        raise OSError("480000 requested and 151424 written")  # numpy's short write: no errno, no file
+    assert e.value.filename == str(target)
+    assert e.value.strerror == "480000 requested and 151424 written (nothing was written under this name)"
+    assert not target.exists() and not leftovers(tmp_path)
+
+
 def test_resume_from_a_truncated_checkpoint_is_refused_before_touching_the_run(w, capsys, tmp_path):
     pre = copy(w.pre, tmp_path / "pre")
     last = pre / "checkpoints" / "last.ckpt"

@@ -40,7 +40,7 @@ from glcnet.data.formats import Format, Source, default_colors, get_format
 from glcnet.data.raster import RASTER_SUFFIXES, check_aligned, invalid, probe, scale
 from glcnet.data.splits import ALL_SPLITS, DEFAULT_FRACTIONS, SPLITS, assign_splits, labelled_subsets, tile_windows
 from glcnet.errors import GlcnetError
-from glcnet.utils.atomic import write_json
+from glcnet.utils.atomic import save_npy, write_json
 from glcnet.utils.progress import bar, duration
 
 log = logging.getLogger("glcnet.data")
@@ -116,17 +116,17 @@ def prepare(fmt: str, src: str | Path, out: str | Path, *, tile_size: int = 256,
                 for b, v in enumerate(ds_nodata):
                     if v is not None:
                         image[b, bad] = v
-            np.save(tmp / "images" / f"{s.name}.npy", image)
+            save_npy(tmp / "images" / f"{s.name}.npy", image)
             del image
             mask = f.read_mask(s.mask) if s.mask else None
             if mask is not None:
                 mask[bad] = 255  # no-data pixels leave losses and metrics
-                np.save(tmp / "masks" / f"{s.name}.npy", mask)
+                save_npy(tmp / "masks" / f"{s.name}.npy", mask)
                 if split in counts:
                     counts[split] += np.bincount(mask.ravel(), minlength=256)
             if s.eval_mask:
                 (tmp / "eval_masks").mkdir(exist_ok=True)
-                np.save(tmp / "eval_masks" / f"{s.name}.npy", f.read_eval_mask(s.eval_mask))
+                save_npy(tmp / "eval_masks" / f"{s.name}.npy", f.read_eval_mask(s.eval_mask))
             for x, y in tile_windows(h, w, tile_size, stride):
                 tid = len(tiles)
                 tiles.append((tid, s.name, split, x, y, tile_size, tile_size))
