@@ -252,6 +252,34 @@ def test_resume_and_overwrite_together_are_refused(w, capsys, tmp_path):
             "--resume", "--overwrite", watch=[tmp_path])
 
 
+def test_prepare_removes_the_temp_folder_of_its_own_killed_run(capsys, tmp_path):
+    raw = generate_scenes(tmp_path / "raw", n_scenes=3, size=128, seed=0)
+    out = tmp_path / "prep"
+    args = ["prepare", "generic", "--src", raw, "--out", out, "--tile-size", "64", "--classes", ",".join(CLASSES)]
+    stall = ("import sys, time; import numpy as np; save = np.save; "  # the first array written, then a long wait
+             "np.save = lambda *a, **k: (save(*a, **k), time.sleep(600)); "
+             "from glcnet.cli import main; sys.exit(main(sys.argv[1:]))")
+    p = subprocess.Popen([sys.executable, "-c", stall, *map(str, args)], stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not list(tmp_path.glob(".prep.tmp-*/images/*.npy")) and p.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    p.kill()  # SIGKILL: nothing can clean up
+    p.wait()
+    killed = list(tmp_path.glob(".prep.tmp-*"))
+    assert len(killed) == 1 and list(killed[0].glob("images/*.npy"))
+    foreign = tmp_path / ".prep.tmp-mine"  # the same name pattern, not glcnet's: kept
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    running = tmp_path / ".prep.tmp-running"  # a prepare whose process is alive (this one): kept
+    running.mkdir()
+    (running / ".glcnet.json").write_text(json.dumps({"kind": "prepare", "pid": os.getpid()}))
+    code, _, err = run(capsys, *args)
+    assert code == 0, err
+    said = [ln for ln in err.splitlines() if "removed" in ln]
+    assert len(said) == 1 and str(killed[0]) in said[0] and f"pid {p.pid}" in said[0], err
+    assert not killed[0].exists() and foreign.is_dir() and running.is_dir() and (out / "dataset.json").is_file()
+
+
 def test_benchmark_json_to_stdout_in_a_pipe_never_hangs(tmp_path):
     args = ["benchmark", "views", "--batch", "2", "--batches", "1", "--warmup", "0", "--tile", "64", "--size", "48",
             "--patch-size", "8", "--json", "/dev/stdout"]

@@ -26,10 +26,16 @@ that the ignore value swallows the second class) are an error.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
+import glob
+import json
 import logging
+import os
+import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +94,8 @@ def prepare(fmt: str, src: str | Path, out: str | Path, *, tile_size: int = 256,
     order = {s: i for i, s in enumerate(ALL_SPLITS)}
     sources.sort(key=lambda s: (order[splits[s.name]], s.name))
 
-    with outputs.new_folder(out, "prepare", overwrite=overwrite, inputs=inputs) as tmp:
+    _remove_leftovers(out)
+    with outputs.new_folder(out, "prepare", overwrite=overwrite, inputs=inputs) as tmp, _held(tmp):
         for d in ("images", "masks"):
             (tmp / d).mkdir()
         scenes: list[dict[str, Any]] = []
@@ -184,6 +191,56 @@ def _warn_fills(fills: dict[tuple[str, float], list[tuple[Path, float, float, fl
         log.warning(f"warning: {path}{more}: band {band} has {share:.1%} of its pixels at {text}, far outside "
                     f"its other values {lo:g}..{hi:g}; they enter the statistics as data: if {text} means "
                     f"no-data, --nodata={text} declares it")
+
+
+@contextlib.contextmanager
+def _held(folder: Path) -> Iterator[None]:
+    """Hold a ``flock`` on ``folder`` for the block (where the file system has locks), so that no other
+    prepare takes it for the leftover of a killed run (:func:`_remove_leftovers`), from any machine."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: another user's process
+        return True
+    return True
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Remove the temporary folders (``.OUT.tmp-*`` beside ``out``, :func:`glcnet.outputs.new_folder`) of
+    earlier prepare runs into ``out`` that were killed before they finished (SIGKILL, the OOM killer):
+    only those whose marker names glcnet prepare and a process that is gone, and that no process holds
+    (:func:`_held`). One line for each."""
+    for p in sorted(out.parent.glob(f".{glob.escape(out.name)}.tmp-*")):
+        try:
+            mark = json.loads((p / outputs.MARKER).read_text()) if p.is_dir() and not p.is_symlink() else {}
+        except (OSError, ValueError):
+            continue
+        pid = mark.get("pid") if isinstance(mark, dict) and mark.get("kind") == "prepare" else None
+        if not isinstance(pid, int) or _alive(pid):
+            continue
+        fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # a prepare on another machine is writing it
+            continue
+        except OSError:  # no locks on this file system: the process check alone
+            pass
+        finally:
+            os.close(fd)
+        shutil.rmtree(p, ignore_errors=True)
+        log.info(f"prepare: removed {p}, left by an earlier glcnet prepare (pid {pid}) that was stopped "
+                 "before it finished")
 
 
 def _unlabeled_sources(folder: str | Path | None) -> list[Source]:
