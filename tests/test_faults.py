@@ -128,6 +128,22 @@ def world(w) -> list[Path]:
     return [w.raw, w.prep, w.pre, w.ft]
 
 
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, one_thread) -> Path:
+    """A randomly initialised model.pt (4 bands, 3 classes, uint8 0..255) for checks that need no training."""
+    from glcnet.config import ModelConfig
+    from glcnet.finetune.weights import model_checkpoint
+    from glcnet.models import build_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(encoder="tu-mobilenetv3_small_050", aspp_channels=16)
+    model = build_model(cfg, 4, num_classes=3, mean=[0.4] * 4, std=[0.2] * 4)
+    path = tmp_path_factory.mktemp("tiny_model") / "model.pt"
+    torch_save(model_checkpoint(model, cfg, bands=BANDS, value_range=[[0, 255]] * 4, classes=["a", "b", "c"],
+                                colors=[[0, 0, 0], [255, 0, 0], [0, 255, 0]], ignore_index=255), path)
+    return path
+
+
 # ============================================================================= 1. outputs
 def test_evaluate_into_the_run_it_evaluates_is_refused(w, capsys):
     refused(capsys, ["evaluate", "--ckpt", w.model, "--out", w.ft, "--window", "64", "--stride", "64"],
@@ -234,6 +250,65 @@ def test_resume_and_overwrite_together_are_refused(w, capsys, tmp_path):
     pre = copy(w.pre, tmp_path / "pre")
     refused(capsys, ["pretrain", *PRE, "--data", w.prep, "--out", pre, "--resume", "--overwrite"],
             "--resume", "--overwrite", watch=[tmp_path])
+
+
+def test_prepare_removes_the_temp_folder_of_its_own_killed_run(capsys, tmp_path):
+    raw = generate_scenes(tmp_path / "raw", n_scenes=3, size=128, seed=0)
+    out = tmp_path / "prep"
+    args = ["prepare", "generic", "--src", raw, "--out", out, "--tile-size", "64", "--classes", ",".join(CLASSES)]
+    stall = ("import sys, time; import numpy as np; save = np.save; "  # the first array written, then a long wait
+             "np.save = lambda *a, **k: (save(*a, **k), time.sleep(600)); "
+             "from glcnet.cli import main; sys.exit(main(sys.argv[1:]))")
+    p = subprocess.Popen([sys.executable, "-c", stall, *map(str, args)], stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not list(tmp_path.glob(".prep.tmp-*/images/*.npy")) and p.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    p.kill()  # SIGKILL: nothing can clean up
+    p.wait()
+    killed = list(tmp_path.glob(".prep.tmp-*"))
+    assert len(killed) == 1 and list(killed[0].glob("images/*.npy"))
+    foreign = tmp_path / ".prep.tmp-mine"  # the same name pattern, not glcnet's: kept
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    running = tmp_path / ".prep.tmp-running"  # a prepare whose process is alive (this one): kept
+    running.mkdir()
+    (running / ".glcnet.json").write_text(json.dumps({"kind": "prepare", "pid": os.getpid()}))
+    code, _, err = run(capsys, *args)
+    assert code == 0, err
+    said = [ln for ln in err.splitlines() if "removed" in ln]
+    assert len(said) == 1 and str(killed[0]) in said[0] and f"pid {p.pid}" in said[0], err
+    assert not killed[0].exists() and foreign.is_dir() and running.is_dir() and (out / "dataset.json").is_file()
+
+
+def test_benchmark_json_to_stdout_in_a_pipe_never_hangs(tmp_path):
+    args = ["benchmark", "views", "--batch", "2", "--batches", "1", "--warmup", "0", "--tile", "64", "--size", "48",
+            "--patch-size", "8", "--json", "/dev/stdout"]
+    p = subprocess.run([sys.executable, "-m", "glcnet.cli", *args], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout)  # stdout holds the JSON alone; the figures went to stderr
+    assert res["glcnet"] == "benchmark views" and res["speedup"] > 0 and "speed-up" in p.stderr
+    refused_gpu = subprocess.run([sys.executable, "-m", "glcnet.cli", "benchmark", "gpu", "--device", "cpu", "--tiny",
+                                  "--json", "/dev/stdout"], capture_output=True, text=True, timeout=120)
+    assert refused_gpu.returncode == 2 and refused_gpu.stdout == "", refused_gpu.stderr
+    assert refused_gpu.stderr.strip() == "error: --json /dev/stdout: give a file; the figures are rewritten after " \
+                                        "every section"
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--sizes", "2000,big"], "--sizes"),
+    (["--sizes", "0"], "--sizes"),
+    (["--window", "0"], "--window"),
+    (["--stride", "0"], "--stride"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--classes", "0"], "--classes"),
+    pytest.param(["--device", "cuda"], "no CUDA GPU", marks=pytest.mark.skipif(HAS_GPU, reason="has a GPU")),
+])
+def test_benchmark_predict_refuses_bad_arguments_in_one_line(capsys, tmp_path, args, says):
+    refused(capsys, ["benchmark", "predict", "--sizes", "64", "--window", "64", "--stride", "64",
+                     "--encoder", "tu-mobilenetv3_small_050", *args, "--json", tmp_path / "b.json"],
+            says, watch=[tmp_path])
+    assert not list(tmp_path.iterdir())
 
 
 # ============================================================================= 2. signals
@@ -353,6 +428,48 @@ def test_full_disk_in_evaluate_leaves_nothing(w, capsys, tmp_path, monkeypatch):
     assert code == 1 and "No space left on device" in err and not out.exists() and not leftovers(tmp_path)
 
 
+def small_disk(limit: int):
+    """``preexec_fn`` of a process whose files cannot grow past ``limit`` bytes (EFBIG, as a full disk)."""
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def test_full_disk_in_prepare_names_the_file_and_the_cause(tmp_path):
+    raw = generate_scenes(tmp_path / "raw", n_scenes=3, size=128, seed=0)
+    out = tmp_path / "prep"
+    p = cli_process("prepare", "generic", "--src", raw, "--out", out, "--tile-size", "64", "--classes",
+                    ",".join(CLASSES), preexec_fn=small_disk(20_000))  # a 4 x 128 x 128 image does not fit
+    _, err = p.communicate(timeout=300)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert p.returncode == 1 and len(lines) == 1, err
+    assert lines[0].startswith(f"error: {out}/images/scene_") and ".npy: File too large" in lines[0]
+    assert not out.exists() and not leftovers(tmp_path)
+
+
+def test_full_disk_in_predict_leaves_no_map(tiny_model, tmp_path):
+    """GDAL reports a write that fails when the GeoTIFF closes only on stderr: the map must not look finished."""
+    scene = write_tif(tmp_path / "in" / "scene.tif", np.random.default_rng(0).integers(0, 256, (4, 256, 256),
+                                                                                      dtype=np.uint8))
+    out = tmp_path / "maps"
+    p = cli_process("predict", "--ckpt", tiny_model, scene, "--out", out, "--window", "64", "--stride", "64",
+                    "--probs", "--no-progress", preexec_fn=small_disk(5_000))
+    _, err = p.communicate(timeout=300)
+    line = [ln for ln in err.splitlines() if ln.strip()][-1]
+    assert p.returncode == 1, err
+    assert line.startswith(f"error: {out}/scene_") and "not written completely" in line and "None" not in line
+    assert not list(out.glob("scene_*")) and not leftovers(tmp_path)
+
+
+def test_write_error_without_errno_names_the_file_and_its_message(tmp_path, capsys):
+    from glcnet.utils.atomic import atomic_path
+
+    target = tmp_path / "a.bin"
+    with pytest.raises(OSError) as e, atomic_path(target):
+        raise OSError("480000 requested and 151424 written")  # numpy's short write: no errno, no file
+    assert e.value.filename == str(target)
+    assert e.value.strerror == "480000 requested and 151424 written (nothing was written under this name)"
+    assert not target.exists() and not leftovers(tmp_path)
+
+
 def test_resume_from_a_truncated_checkpoint_is_refused_before_touching_the_run(w, capsys, tmp_path):
     pre = copy(w.pre, tmp_path / "pre")
     last = pre / "checkpoints" / "last.ckpt"
@@ -439,12 +556,12 @@ def test_gpu_asked_for_where_there_is_none(w, capsys, tmp_path, command):
 
 
 # ============================================================================= 4. input values
-def _float_scenes(root: Path, nodata_tag) -> Path:
-    """Three 64 px float32 scenes of reflectance 0..1 with a -9999 no-data corner, index masks 0/1."""
+def _float_scenes(root: Path, nodata_tag, fill: float = -9999) -> Path:
+    """Three 64 px float32 scenes of reflectance 0..1 with a ``fill`` (no-data) corner, index masks 0/1."""
     rng = np.random.default_rng(0)
     for i in range(3):
         img = rng.uniform(0, 1, (2, 64, 64)).astype(np.float32)
-        img[:, :16, :16] = -9999
+        img[:, :16, :16] = fill
         write_tif(root / "images" / f"s{i}.tif", img, nodata=nodata_tag)
         mask = (rng.uniform(size=(64, 64)) > 0.5).astype(np.uint8)
         Image.fromarray(mask).save((root / "masks").mkdir(parents=True, exist_ok=True) or root / "masks" / f"s{i}.png")
@@ -466,6 +583,24 @@ def test_float_nodata_leaves_statistics_and_labels(capsys, tmp_path, how):
         assert 0.45 < m < 0.55  # the mean of the valid pixels, not pulled to 0 by no-data
     mask = np.load(out / "masks" / "s0.npy")
     assert (mask[:16, :16] == 255).all() and (mask[16:] != 255).all()
+
+
+@pytest.mark.parametrize("fill", [-9999.0, -32768.0, float(np.finfo(np.float32).min), 1e20])
+def test_undeclared_float_nodata_fill_is_a_warning(capsys, tmp_path, fill):
+    src = _float_scenes(tmp_path / "raw", None, fill=fill)
+    args = ["prepare", "generic", "--src", src, "--classes", "a,b", "--tile-size", "32", "--split-ratios",
+            "0.34,0.33,0.33"]
+    code, _, err = run(capsys, *args, "--out", tmp_path / "p1")
+    warnings = [ln for ln in err.splitlines() if ln.startswith("warning:")]
+    assert code == 0 and len(warnings) == 2, err  # one line per band, for all three files
+    text = f"{fill:g}" if np.float32(f"{fill:g}") == np.float32(fill) else str(np.float32(fill))
+    for band, line in zip(["B1", "B2"], warnings):
+        assert f"{src}/images/s" in line and "(and 2 other file(s))" in line and f"band {band} has 6.2%" in line
+        assert f"at {text}," in line and f"--nodata={text} declares it" in line
+    code, _, err = run(capsys, *args, "--out", tmp_path / "p2", f"--nodata={text}")  # as the warning says
+    assert code == 0 and "warning" not in err, err
+    meta = json.loads((tmp_path / "p2" / "dataset.json").read_text())
+    assert all(0.45 < m < 0.55 for m in meta["mean"]) and np.float32(meta["nodata"][0]) == np.float32(fill)
 
 
 def test_nodata_outside_the_dtype_is_refused(capsys, tmp_path):
@@ -512,6 +647,66 @@ def test_predict_writes_nodata_where_the_input_has_none(w, capsys, tmp_path, flo
     assert (pred[40:, :20] == 255).all() and (pred[:40] < 6).all()
     with rasterio.open(tmp_path / "maps" / "refl_probs.tif") as d:
         assert (d.read()[:, 40:, :20] == 0).all()
+
+
+@pytest.mark.parametrize("value_range", ["0,nan", "0,inf", "nan,255"])
+def test_predict_refuses_a_value_range_that_is_not_finite(tiny_model, capsys, tmp_path, value_range):
+    scene = write_tif(tmp_path / "in" / "scene.tif", np.zeros((4, 64, 64), np.uint8))
+    refused(capsys, ["predict", "--ckpt", tiny_model, scene, "--out", tmp_path / "maps", "--window", "64",
+                     "--stride", "64", "--value-range", value_range], f"--value-range {value_range}", "finite", watch=[tmp_path])
+    assert not (tmp_path / "maps").exists()
+
+
+def _scenes_with_tif_masks(root: Path, mask_value=None, image_geo=None, mask_geo=None) -> Path:
+    """Three 64 px uint8 scenes with GeoTIFF masks (``mask_value``: a float mask of that fill pattern);
+    ``*_geo``: (crs, transform) or None."""
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        for name, arr, geo in [("images", rng.integers(0, 256, (3, 64, 64), dtype=np.uint8), image_geo),
+                               ("masks", rng.integers(0, 2, (1, 64, 64)).astype(np.uint8) if mask_value is None
+                                else np.where(rng.uniform(size=(1, 64, 64)) > 0.5, *mask_value).astype(np.float32),
+                                mask_geo)]:
+            path = root / name / f"s{i}.tif"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            crs, transform = geo or (None, None)
+            with rasterio.open(path, "w", driver="GTiff", count=1 if name == "masks" else 3, height=64, width=64,
+                               dtype=arr.dtype, crs=crs, transform=transform) as dst:
+                dst.write(arr)
+    return root
+
+
+@pytest.mark.parametrize("mask_geo,says", [
+    (("EPSG:32633", "shifted"), "geotransform"),
+    (("EPSG:32632", "same"), "CRS EPSG:32632"),
+])
+def test_mask_georeferenced_unlike_its_image_is_refused(capsys, tmp_path, mask_geo, says):
+    from affine import Affine
+
+    grid = Affine(0.5, 0, 366000.0, 0, -0.5, 5808000.0)
+    crs, where = mask_geo
+    src = _scenes_with_tif_masks(tmp_path / "raw", image_geo=("EPSG:32633", grid),
+                                 mask_geo=(crs, grid @ Affine.translation(3, 0) if where == "shifted" else grid))
+    line = refused(capsys, ["prepare", "generic", "--src", src, "--out", tmp_path / "p", "--classes", "a,b",
+                            "--tile-size", "32"], says, watch=[tmp_path])
+    assert "masks/s0.tif" in line and "images/s0.tif" in line  # both files
+    # a mask without georeferencing is taken as aligned with its image
+    src = _scenes_with_tif_masks(tmp_path / "plain", image_geo=("EPSG:32633", grid))
+    assert run(capsys, "prepare", "generic", "--src", src, "--out", tmp_path / "ok", "--classes", "a,b",
+               "--tile-size", "32", "--split-ratios", "0.34,0.33,0.33")[0] == 0
+
+
+def test_float_mask_with_fractions_is_refused_not_truncated(capsys, tmp_path):
+    def prepare(src, out, *extra):
+        return ["prepare", "generic", "--src", src, "--out", out, "--tile-size", "32", "--split-ratios",
+                "0.34,0.33,0.33", *extra]
+
+    src = _scenes_with_tif_masks(tmp_path / "raw", mask_value=(0.7, 1.6))
+    refused(capsys, prepare(src, tmp_path / "p", "--classes", "a,b"), f"{src}/masks/s", "non-integer values such as",
+            "--mask-threshold", watch=[tmp_path])
+    assert run(capsys, *prepare(src, tmp_path / "t", "--mask-threshold", "1"))[0] == 0  # a soft mask, binarised
+    assert set(np.unique(np.load(tmp_path / "t" / "masks" / "s0.npy"))) == {0, 1}
+    whole = _scenes_with_tif_masks(tmp_path / "whole", mask_value=(0.0, 1.0))  # float, but whole class values
+    assert run(capsys, *prepare(whole, tmp_path / "w", "--classes", "a,b"))[0] == 0
 
 
 def test_evaluate_refuses_a_data_set_of_another_dtype(w, capsys, tmp_path):
@@ -589,6 +784,18 @@ def test_empty_class_is_a_warning(capsys, tmp_path):
 def test_overrides_may_follow_options(w, capsys, tmp_path):
     refused(capsys, ["pretrain", "--data", w.prep, "optim.lr=0", "--out", tmp_path / "x", "--method", "simclr"],
             "optim.lr", watch=[tmp_path])
+
+
+def test_yaml_with_a_key_given_twice_is_refused(capsys, tmp_path):
+    config = tmp_path / "pretrain.yaml"
+    config.write_text("optim:\n  lr: 0.1\n  epochs: 2\n  lr: 0.5\n")  # which lr did the user mean?
+    refused(capsys, ["pretrain", "--config", config, "--data", tmp_path / "data", "--out", tmp_path / "run"],
+            config, "'lr'", "line 4", "line 2", watch=[tmp_path])
+    legend = tmp_path / "legend.yaml"
+    legend.write_text("road: [255, 255, 0]\nwater: [0, 0, 255]\nroad: [255, 0, 0]\n")
+    src = _palette_scenes(tmp_path / "raw", [(0, 0, 255), (255, 255, 0)])
+    refused(capsys, ["prepare", "generic", "--src", src, "--out", tmp_path / "p", "--legend", legend],
+            legend, "'road'", "line 3", watch=[tmp_path])
 
 
 def test_method_entries_with_overrides_parse_on_the_command_line(w, capsys, tmp_path):

@@ -88,8 +88,10 @@ def main(argv: list[str] | None = None) -> int:
             log.error("%s", e.message())
             return e.exit_code
         except OSError as e:  # full disk, I/O error, permission: the environment, not the input
+            from glcnet.utils.atomic import reason
+
             where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-            log.error("error: %s%s", where, e.strerror or e)
+            log.error("error: %s%s", where, reason(e))
             return 1
 
 

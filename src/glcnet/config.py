@@ -254,13 +254,48 @@ def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A YAML mapping gives the same key twice (``key``, 1-based ``line`` of the repeat, ``first`` line)."""
+
+    def __init__(self, key: Any, line: int, first: int):
+        super().__init__(f"line {line}: key {key!r} is given twice (also on line {first}); "
+                         "YAML would silently keep the last one")
+        self.key, self.line, self.first = key, line, first
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping holding the same key twice (PyYAML keeps the
+    last one without a word). Keys brought in by a merge (``<<: *base``) may be overridden."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in seen:
+                    raise DuplicateKeyError(key, key_node.start_mark.line + 1, seen[key])
+                seen[key] = key_node.start_mark.line + 1
+            except TypeError:  # an unhashable key: SafeLoader's own error follows
+                continue
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that raises :class:`DuplicateKeyError` for a key given twice in a mapping."""
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping, with one-line errors naming the file."""
+    """Read a YAML mapping, with one-line errors naming the file (also a key given twice)."""
     path = Path(path)
     if not path.is_file():
         raise GlcnetError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
+    except DuplicateKeyError as e:
+        raise GlcnetError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         raise GlcnetError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):

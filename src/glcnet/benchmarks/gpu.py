@@ -44,6 +44,7 @@ from typing import Any
 
 import torch
 
+from glcnet.benchmarks import is_stream
 from glcnet.errors import GlcnetError
 from glcnet.utils.atomic import write_json
 
@@ -345,6 +346,8 @@ def main(args: argparse.Namespace) -> int:
     path = Path(args.json or f"benchmark_gpu-{time.strftime('%Y%m%d-%H%M%S')}.json")
     if args.json is None and path.exists():
         raise GlcnetError(f"{path}: already exists (give --json PATH)")
+    if is_stream(path):
+        raise GlcnetError(f"--json {path}: give a file; the figures are rewritten after every section")
     size = TINY if args.tiny else FULL
     keep_freed_memory()  # as glcnet pretrain does
     if args.tiny:  # toy tensors: one torch thread (many tiny parallel regions stall on a shared CPU)

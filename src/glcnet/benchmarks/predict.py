@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from glcnet.benchmarks import write_result
+from glcnet.errors import GlcnetError
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -101,9 +102,30 @@ def child(ckpt: str, raster: str, out: str, window: int, stride: int, batch_size
             "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else None}
 
 
+def check_args(args: argparse.Namespace) -> list[int]:
+    """Refuse bad settings in one line before any file or subprocess exists; returns the sizes."""
+    from glcnet.finetune.predict import resolve_device
+
+    try:
+        sizes = [int(s) for s in args.sizes.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise GlcnetError(f"benchmark predict: --sizes {args.sizes}: expected positive raster sides, e.g. 2000,6000")
+    if args.window < 1 or args.window % 16:
+        raise GlcnetError(f"benchmark predict: --window must be a positive multiple of 16, got {args.window}")
+    if not 0 < args.stride <= args.window:
+        raise GlcnetError(f"benchmark predict: --stride must be in 1..window ({args.window}), got {args.stride}")
+    for flag in ("batch_size", "classes", "bands"):
+        if getattr(args, flag) < 1:
+            raise GlcnetError(f"benchmark predict: --{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    resolve_device(args.device)  # a GPU this machine does not have
+    return sizes
+
+
 def main(args: argparse.Namespace) -> int:
     """Run ``glcnet benchmark predict``; returns the exit status."""
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = check_args(args)
     results = []
     with tempfile.TemporaryDirectory(prefix="glcnet-bench-predict-") as name:
         tmp = Path(name)

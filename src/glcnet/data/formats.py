@@ -96,18 +96,27 @@ def decode_colors(rgb: np.ndarray, colors, path: Path, ignore_colors=()) -> np.n
 
 
 def decode_index(mask: np.ndarray, path: Path, num_classes: int | None, *,
-                 reduce_zero_label: bool = False, threshold: float | None = None) -> np.ndarray:
+                 reduce_zero_label: bool = False, threshold: float | None = None,
+                 threshold_flag: str | None = None) -> np.ndarray:
     """Index mask ``[H, W]`` -> ``uint8 [H, W]``.
 
     ``threshold`` T: ``mask >= T`` -> 1 else 0 (anti-aliased binary masks).
     ``reduce_zero_label``: 0 -> 255, v -> v - 1 (mmseg convention; 255 stays 255).
-    Values other than 0..K-1 and 255 are an error naming the file.
+    Values other than 0..K-1 and 255 are an error naming the file, and so are non-integer
+    values of a float mask (a probability or soft mask; ``threshold_flag``: the option that
+    would binarise it, named in the error).
     """
     if mask.ndim != 2:
         raise GlcnetError(f"{path}: expected a single-band index mask, got {mask.shape[0]} bands "
                           "(colour masks need a legend)")
     if threshold is not None:
         return (mask >= threshold).astype(np.uint8)
+    if mask.dtype.kind == "f":
+        frac = mask[~np.isfinite(mask) | (mask != np.floor(mask))]
+        if frac.size:
+            use = f"give {threshold_flag} T to binarise it, or " if threshold_flag else ""
+            raise GlcnetError(f"{path}: float mask holds non-integer values such as {frac[0]:g} ({frac.size} "
+                              f"pixels), which would be truncated to classes; {use}store integer class values")
     m = mask.astype(np.int64)
     if reduce_zero_label:
         m = np.where((mask == 0) | (mask == IGNORE), IGNORE, m - 1)
@@ -387,6 +396,8 @@ def read_legend(path: Path) -> tuple[list[str], list[tuple[int, int, int]], list
     CSV rows ``name,r,g,b[,ignore]`` (optional header), or YAML/JSON: a list of
     ``{name, color: [r, g, b], ignore: bool}`` or a mapping ``name: [r, g, b]``.
     """
+    from glcnet.config import DuplicateKeyError, load_yaml
+
     path = Path(path)
     if not path.is_file():
         raise GlcnetError(f"{path}: legend file not found")
@@ -400,15 +411,15 @@ def read_legend(path: Path) -> tuple[list[str], list[tuple[int, int, int]], list
                         "ignore": len(r) > 4 and r[4].strip().lower() in ("1", "true", "yes", "ignore")}
                        for r in rows]
         else:
-            import yaml  # JSON is YAML
-
-            data = yaml.safe_load(path.read_text())
+            data = load_yaml(path.read_text())  # JSON is YAML
             if isinstance(data, dict):
                 data = [{"name": k, "color": v} for k, v in data.items()]
             entries = [{"name": str(e["name"]), "color": [int(v) for v in e["color"]],
                         "ignore": bool(e.get("ignore", False))} for e in data]
         if any(len(e["color"]) != 3 or not all(0 <= v <= 255 for v in e["color"]) for e in entries):
             raise ValueError("each colour needs 3 values in 0..255")
+    except DuplicateKeyError as err:  # a class given twice: which colour did the user mean?
+        raise GlcnetError(f"{path}: {err}") from None
     except Exception as err:
         raise GlcnetError(f"{path}: not a valid legend ({type(err).__name__}: {err}); "
                           "expected rows name,r,g,b[,ignore]") from None
@@ -491,7 +502,7 @@ class Generic(Format):
                 raise GlcnetError(f"{path}: single-band mask but --legend {o['legend']} describes colours")
             return decode_colors(raw, self.colors, path, self.ignore_colors)
         m = decode_index(raw, path, len(self.classes) or None, reduce_zero_label=o["reduce_zero_label"],
-                         threshold=o["mask_threshold"])
+                         threshold=o["mask_threshold"], threshold_flag="--mask-threshold")
         labelled = m[m != IGNORE]
         if labelled.size:
             self._max_label = max(self._max_label, int(labelled.max()))

@@ -15,7 +15,9 @@ No-data: a pixel is no-data where a band holds its nodata value (``--nodata V`` 
 band, else the GeoTIFF nodata tag of each image) or a non-finite value. No-data is left out
 of every statistic, its mask label is 255 (so it leaves losses and metrics), the stored
 image keeps the data set's nodata value (``dataset.json`` ``nodata``), and scaling maps it
-to 0 (:func:`glcnet.data.raster.scale`).
+to 0 (:func:`glcnet.data.raster.scale`). A float band without a declared nodata value whose
+minimum or maximum looks like a fill (-9999, -3.4e38: many pixels, far outside the other
+values) is a warning that names the file, the band and ``--nodata VALUE``.
 
 Labels are checked as a whole at the end: a class without a single pixel is a warning;
 index masks that hold only 0 and 255 (binary masks read without ``--mask-threshold``, so
@@ -24,10 +26,16 @@ that the ignore value swallows the second class) are an error.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
+import glob
+import json
 import logging
+import os
+import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +43,10 @@ import numpy as np
 
 from glcnet import outputs
 from glcnet.data.formats import Format, Source, default_colors, get_format
-from glcnet.data.raster import RASTER_SUFFIXES, invalid, probe, scale
+from glcnet.data.raster import RASTER_SUFFIXES, check_aligned, invalid, probe, scale
 from glcnet.data.splits import ALL_SPLITS, DEFAULT_FRACTIONS, SPLITS, assign_splits, labelled_subsets, tile_windows
 from glcnet.errors import GlcnetError
-from glcnet.utils.atomic import write_json
+from glcnet.utils.atomic import save_npy, write_json
 from glcnet.utils.progress import bar, duration
 
 log = logging.getLogger("glcnet.data")
@@ -73,8 +81,10 @@ def prepare(fmt: str, src: str | Path, out: str | Path, *, tile_size: int = 256,
     shapes, bands, band_dtypes, dtype, tags = _preflight(f, sources, tile_size)
     sel = _select(bands, select_bands, sources[0].image)
     bands, band_dtypes = [bands[i] for i in sel], [band_dtypes[i] for i in sel]
-    if nodata is not None and np.isfinite(nodata) and not np.can_cast(np.min_scalar_type(nodata), dtype):
-        raise GlcnetError(f"--nodata {nodata:g}: not a value of the images' dtype {np.dtype(dtype)}")
+    if nodata is not None and np.isfinite(nodata):
+        if not _holds(dtype, nodata):
+            raise GlcnetError(f"--nodata {nodata:g}: not a value of the images' dtype {np.dtype(dtype)}")
+        nodata = float(np.asarray(nodata).astype(dtype))  # -3.4028235e+38 -> the float32 fill itself
     first_tag = tags[sources[0].name]
     ds_nodata = None if nodata is None and all(v is None for v in first_tag) else \
         [nodata if nodata is not None else first_tag[i] for i in sel]
@@ -84,13 +94,15 @@ def prepare(fmt: str, src: str | Path, out: str | Path, *, tile_size: int = 256,
     order = {s: i for i, s in enumerate(ALL_SPLITS)}
     sources.sort(key=lambda s: (order[splits[s.name]], s.name))
 
-    with outputs.new_folder(out, "prepare", overwrite=overwrite, inputs=inputs) as tmp:
+    _remove_leftovers(out)
+    with outputs.new_folder(out, "prepare", overwrite=overwrite, inputs=inputs) as tmp, _held(tmp):
         for d in ("images", "masks"):
             (tmp / d).mkdir()
         scenes: list[dict[str, Any]] = []
         tiles: list[tuple[int, str, str, int, int, int, int]] = []  # rows of tiles.csv
         counts = {s: np.zeros(256, np.int64) for s in SPLITS}
         has_label: list[int] = []
+        fills: dict[tuple[str, float], list[tuple[Path, float, float, float]]] = {}  # (band, value) -> files
         t0, pixels = time.monotonic(), sum(h * w for h, w in shapes.values())
         progress = bar(pixels, "prepare", unit="px", unit_scale=True)
         for i, s in enumerate(sources):
@@ -101,22 +113,27 @@ def prepare(fmt: str, src: str | Path, out: str | Path, *, tile_size: int = 256,
             image, meta = f.read_image(s)
             image = np.ascontiguousarray(image[sel].astype(dtype, copy=False))  # [C, H, W]
             tag = [tags[s.name][i] for i in sel] if nodata is None else [nodata] * len(sel)
+            origin = [s.image] * (len(tags[s.name]) - len(s.extra)) + list(s.extra)  # file of each band
+            for b in range(len(sel)):
+                found = _fill_value(image[b]) if image.dtype.kind == "f" and tag[b] is None else None
+                if found:
+                    fills.setdefault((bands[b], found[0]), []).append((origin[sel[b]], *found[1:]))
             bad = invalid(image, tag).any(0)  # [H, W] no-data in any band
             if ds_nodata is not None and tag != ds_nodata:  # this scene's own tag -> the data set's value
                 for b, v in enumerate(ds_nodata):
                     if v is not None:
                         image[b, bad] = v
-            np.save(tmp / "images" / f"{s.name}.npy", image)
+            save_npy(tmp / "images" / f"{s.name}.npy", image)
             del image
             mask = f.read_mask(s.mask) if s.mask else None
             if mask is not None:
                 mask[bad] = 255  # no-data pixels leave losses and metrics
-                np.save(tmp / "masks" / f"{s.name}.npy", mask)
+                save_npy(tmp / "masks" / f"{s.name}.npy", mask)
                 if split in counts:
                     counts[split] += np.bincount(mask.ravel(), minlength=256)
             if s.eval_mask:
                 (tmp / "eval_masks").mkdir(exist_ok=True)
-                np.save(tmp / "eval_masks" / f"{s.name}.npy", f.read_eval_mask(s.eval_mask))
+                save_npy(tmp / "eval_masks" / f"{s.name}.npy", f.read_eval_mask(s.eval_mask))
             for x, y in tile_windows(h, w, tile_size, stride):
                 tid = len(tiles)
                 tiles.append((tid, s.name, split, x, y, tile_size, tile_size))
@@ -130,6 +147,7 @@ def prepare(fmt: str, src: str | Path, out: str | Path, *, tile_size: int = 256,
             progress.update(h * w)
         progress.close()
         tiled_s = time.monotonic() - t0
+        _warn_fills(fills, dtype)
 
         classes = f.final_classes()
         k = len(classes)
@@ -164,6 +182,67 @@ def prepare(fmt: str, src: str | Path, out: str | Path, *, tile_size: int = 256,
     return out
 
 
+def _warn_fills(fills: dict[tuple[str, float], list[tuple[Path, float, float, float]]], dtype: Any) -> None:
+    """One warning line per band and suspected undeclared no-data value (:func:`_fill_value`)."""
+    for (band, value), where in fills.items():
+        path, share, lo, hi = where[0]
+        text = f"{value:g}" if np.asarray(float(f"{value:g}"), dtype) == value else str(np.asarray(value, dtype))
+        more = f" (and {len(where) - 1} other file(s))" if len(where) > 1 else ""
+        log.warning(f"warning: {path}{more}: band {band} has {share:.1%} of its pixels at {text}, far outside "
+                    f"its other values {lo:g}..{hi:g}; they enter the statistics as data: if {text} means "
+                    f"no-data, --nodata={text} declares it")
+
+
+@contextlib.contextmanager
+def _held(folder: Path) -> Iterator[None]:
+    """Hold a ``flock`` on ``folder`` for the block (where the file system has locks), so that no other
+    prepare takes it for the leftover of a killed run (:func:`_remove_leftovers`), from any machine."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: another user's process
+        return True
+    return True
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Remove the temporary folders (``.OUT.tmp-*`` beside ``out``, :func:`glcnet.outputs.new_folder`) of
+    earlier prepare runs into ``out`` that were killed before they finished (SIGKILL, the OOM killer):
+    only those whose marker names glcnet prepare and a process that is gone, and that no process holds
+    (:func:`_held`). One line for each."""
+    for p in sorted(out.parent.glob(f".{glob.escape(out.name)}.tmp-*")):
+        try:
+            mark = json.loads((p / outputs.MARKER).read_text()) if p.is_dir() and not p.is_symlink() else {}
+        except (OSError, ValueError):
+            continue
+        pid = mark.get("pid") if isinstance(mark, dict) and mark.get("kind") == "prepare" else None
+        if not isinstance(pid, int) or _alive(pid):
+            continue
+        fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # a prepare on another machine is writing it
+            continue
+        except OSError:  # no locks on this file system: the process check alone
+            pass
+        finally:
+            os.close(fd)
+        shutil.rmtree(p, ignore_errors=True)
+        log.info(f"prepare: removed {p}, left by an earlier glcnet prepare (pid {pid}) that was stopped "
+                 "before it finished")
+
+
 def _unlabeled_sources(folder: str | Path | None) -> list[Source]:
     """Every raster in ``folder`` as an image without mask (split ``unlabeled``)."""
     if folder is None:
@@ -186,7 +265,8 @@ def _check_names(sources: list[Source]) -> None:
 
 
 def _preflight(f: Format, sources: list[Source], tile: int):
-    """Read every header once: band count/names, sizes, dtypes, tile size; fail fast.
+    """Read every header once: band count/names, sizes, dtypes, masks on their image's pixels (size,
+    CRS, geotransform), tile size; fail fast.
 
     Returns ``({scene: (H, W)}, band names, per-band dtypes, stored dtype, {scene: per-band nodata tag})``.
     """
@@ -210,6 +290,7 @@ def _preflight(f: Format, sources: list[Source], tile: int):
                 if (m["height"], m["width"]) != (h, w):
                     raise GlcnetError(f"{label}: mask is {m['width']}x{m['height']} but image {s.image.name} "
                                       f"is {w}x{h}")
+                check_aligned(label, m, s.image, info)
         if tile > h or tile > w:
             raise GlcnetError(f"{s.image}: scene {s.name} is {w}x{h}, smaller than the tile size {tile}")
         dt = np.result_type(*dts)
@@ -220,6 +301,37 @@ def _preflight(f: Format, sources: list[Source], tile: int):
         shapes[s.name] = (h, w)
     assert bands is not None and band_dtypes is not None  # discover() found at least one scene
     return shapes, list(bands), band_dtypes, dtype, tags
+
+
+def _holds(dtype: Any, value: float) -> bool:
+    """True when pixels of ``dtype`` can hold ``value`` (a float type: within its range, so that the
+    float32 fill -3.4028235e+38 is one; an integer type: exactly)."""
+    if np.dtype(dtype).kind == "f":
+        with np.errstate(over="ignore"):
+            return bool(np.isfinite(np.asarray(value).astype(dtype)))
+    return bool(np.can_cast(np.min_scalar_type(value), dtype))
+
+
+def _fill_value(band: np.ndarray) -> tuple[float, float, float, float] | None:
+    """An undeclared no-data fill in a float band ``[H, W]`` (sampled): its minimum or maximum, held by
+    at least 0.1% of the finite pixels and farther from the other values than 10 times their spread
+    (-9999 among reflectances 0..1, -3.4e38 among heights). Returns ``(value, share, lo, hi)`` with
+    ``lo..hi`` the other values, or None."""
+    step = max(1, int(np.sqrt(band.size / _PERCENTILE_SAMPLES)))
+    v = band[::step, ::step].ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return None
+    for x in (v.min(), v.max()):
+        hit = v == x
+        share = float(hit.mean())
+        if not 0.001 <= share < 1:
+            continue
+        rest = v[~hit]
+        lo, hi = float(rest.min()), float(rest.max())
+        if hi > lo and min(abs(float(x) - lo), abs(float(x) - hi)) > 10 * (hi - lo):
+            return float(x), share, lo, hi
+    return None
 
 
 def _select(bands: list[str], select: Sequence[str] | None, path: Path) -> list[int]:

@@ -61,12 +61,37 @@ def _check_png(path: Path) -> None:
 
 
 def probe(path: str | Path) -> dict[str, Any]:
-    """Header only: ``{"count", "height", "width", "dtype", "nodata"}`` (cheap, for early checks);
-    ``nodata`` is the GeoTIFF nodata value of each band (None where it has none)."""
+    """Header only: ``{"count", "height", "width", "dtype", "nodata", "crs", "transform"}`` (cheap, for
+    early checks); ``nodata`` is the GeoTIFF nodata value of each band (None where it has none),
+    ``crs`` a ``rasterio.crs.CRS`` and ``transform`` an ``Affine``, each None where the file has none."""
     path = Path(path)
     with open_raster(path) as src:
         return {"count": src.count, "height": src.height, "width": src.width, "dtype": src.dtypes[0],
-                "nodata": list(src.nodatavals)}
+                "nodata": list(src.nodatavals), "crs": src.crs or None,
+                "transform": None if src.transform.is_identity else src.transform}
+
+
+def check_aligned(mask: Path, m: dict[str, Any], image: Path, i: dict[str, Any]) -> None:
+    """A mask must lie on its image's pixels: where both are georeferenced (:func:`probe` headers
+    ``m`` and ``i``, same size), the same CRS and a geotransform that puts every corner within half
+    a pixel of the image's. A mask without georeferencing is taken as aligned."""
+    if m["crs"] is not None and i["crs"] is not None and m["crs"] != i["crs"]:
+        raise GlcnetError(f"{mask}: mask CRS {_short(m['crs'])} differs from CRS {_short(i['crs'])} of its "
+                          f"image {image}; the labels would not cover the image's ground")
+    if m["transform"] is None or i["transform"] is None:
+        return
+    h, w = i["height"], i["width"]
+    pixel = max(abs(i["transform"].a), abs(i["transform"].e), 1e-12)
+    far = max(np.hypot(*np.subtract(m["transform"] @ c, i["transform"] @ c)) for c in ((0, 0), (w, 0), (0, h), (w, h)))
+    if far > pixel / 2:
+        raise GlcnetError(f"{mask}: mask geotransform {tuple(m['transform'])[:6]} differs from "
+                          f"{tuple(i['transform'])[:6]} of its image {image} (up to {far / pixel:.3g} pixels "
+                          "apart); the labels would not lie on the image's pixels")
+
+
+def _short(crs: Any) -> str:
+    text = crs.to_string()
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def read_raster(path: str | Path, bands: Sequence[int] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
@@ -159,7 +184,8 @@ def scale(raw: np.ndarray, value_range: Sequence[Sequence[float]],
     shape = (len(vr),) + (1,) * (raw.ndim - 1)
     lo = vr[:, 0].reshape(shape)
     span = np.maximum(vr[:, 1] - vr[:, 0], 1e-12).reshape(shape)
-    out = (raw.astype(np.float32) - lo) / span
+    with np.errstate(over="ignore"):  # a float32 fill such as -3.4e38 overflows to -inf, clipped to 0
+        out = (raw.astype(np.float32) - lo) / span
     np.clip(out, 0.0, 1.0, out=out)
     if raw.dtype.kind not in "ui":  # integer rasters cannot hold NaN
         np.nan_to_num(out, copy=False, nan=0.0)

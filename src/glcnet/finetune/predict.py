@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import math
 import time
 from collections.abc import Callable
@@ -62,13 +63,15 @@ def resolve_device(device: str) -> torch.device:
 
 
 def parse_value_range(text: str | None, bands: int) -> list[list[float]] | None:
-    """``--value-range LO,HI`` (every band) or ``LO1,HI1,LO2,HI2,...`` (one pair per band)."""
+    """``--value-range LO,HI`` (every band) or ``LO1,HI1,LO2,HI2,...`` (one pair per band), finite numbers."""
     if text is None:
         return None
     try:
         v = [float(x) for x in text.split(",")]
     except ValueError:
         v = []
+    if not all(math.isfinite(x) for x in v):  # nan/inf would scale every pixel to 0 (one class everywhere)
+        raise GlcnetError(f"--value-range {text}: LO and HI must be finite numbers")
     if len(v) not in (2, 2 * bands) or any(hi <= lo for lo, hi in zip(v[::2], v[1::2])):
         raise GlcnetError(f"--value-range {text}: expected LO,HI (LO < HI) for every band, or {bands} such pairs")
     return [v[:2]] * bands if len(v) == 2 else [v[i:i + 2] for i in range(0, len(v), 2)]
@@ -160,6 +163,12 @@ def predict_raster(model: DeepLab, ckpt: dict[str, Any], path: str | Path, out_d
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), open_raster(path) as src, contextlib.ExitStack() as stack:
         h, w = src.height, src.width
         tmp = {name: stack.enter_context(atomic_path(p)) for name, p in out.items()}
+
+        def written(failed: type[BaseException] | None, *_: Any) -> None:  # runs after the GeoTIFFs close
+            if failed is None:
+                _check_complete([tmp[k] for k in ("pred", "probs") if k in tmp])
+
+        stack.push(written)  # (returns None: never swallows an error)
         nodata = input_nodata(src, ckpt)
         profile = dict(driver="GTiff", height=h, width=w, dtype="uint8", crs=src.crs, transform=src.transform,
                        compress="lzw", tiled=True, blockxsize=256, blockysize=256)
@@ -194,9 +203,9 @@ def predict_raster(model: DeepLab, ckpt: dict[str, Any], path: str | Path, out_d
                 cls[bad] = 255
                 if pu8 is not None:
                     pu8[:, bad] = 0
-            dst.write(cls, 1, window=Window(0, y0, w, rows))
-            if dst_p is not None:
-                dst_p.write(pu8, window=Window(0, y0, w, rows))
+            _write(dst, cls[None], Window(0, y0, w, rows))
+            if dst_p is not None and pu8 is not None:
+                _write(dst_p, pu8, Window(0, y0, w, rows))
             first = -(-y0 // step) * step  # first preview row (a multiple of step) in this band
             sub = cls[first - y0 :: step, ::step]
             preview[first // step : first // step + len(sub)] = sub
@@ -205,6 +214,32 @@ def predict_raster(model: DeepLab, ckpt: dict[str, Any], path: str | Path, out_d
         Image.fromarray(colorize(preview, colors)).save(tmp["png"], format="PNG")
     log.info("predict %s: %dx%d px, %d windows in %s", path.name, w, h, windows.total, duration(time.monotonic() - t0))
     return out  # files closed, then renamed from their temp names, when the stack unwinds
+
+
+def _not_written(path: str | Path, e: Exception) -> OSError:
+    """The error of a GeoTIFF that GDAL could not write, naming it (rasterio's own says only "Write failed")."""
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return OSError(errno.EIO, f"GeoTIFF not written completely, is the disk full? (GDAL: {first})", str(path))
+
+
+def _write(dst: Any, data: np.ndarray, window: Any) -> None:
+    """``dst.write(data [bands, rows, W], window=window)``; a failure is an ``OSError`` naming the file."""
+    try:
+        dst.write(data, window=window)
+    except Exception as e:
+        raise _not_written(dst.name, e) from None
+
+
+def _check_complete(paths: list[Path]) -> None:
+    """Every block of each closed GeoTIFF reads back, else an ``OSError`` naming the file: GDAL writes
+    its last blocks when the file closes and reports a failure there (a full disk) only on stderr."""
+    for p in paths:
+        try:
+            with open_raster(p) as r:
+                for _, win in r.block_windows(1):
+                    r.read(window=win)
+        except Exception as e:
+            raise _not_written(p, e) from None
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -55,11 +55,21 @@ def remove_empty(folders: list[Path]) -> None:
             p.rmdir()
 
 
+def reason(e: OSError) -> str:
+    """What went wrong, in words, also for an OSError without ``strerror`` (a library's own message)."""
+    if e.strerror:
+        return str(e.strerror)
+    if e.errno:
+        return os.strerror(e.errno)
+    text = str(e.args[0]) if e.args else ""
+    return text.strip().splitlines()[0] if text.strip() else type(e).__name__
+
+
 def _name_final(e: BaseException, tmp: Path, final: Path) -> None:
     """An OSError about the temporary name names the final one (what the user asked for)."""
     if isinstance(e, OSError) and e.filename and str(e.filename).startswith(str(tmp)):
+        e.strerror = f"{reason(e)} (nothing was written under this name)"
         e.filename = str(final) + str(e.filename)[len(str(tmp)):]
-        e.strerror = f"{e.strerror} (nothing was written under this name)"
 
 
 @contextlib.contextmanager
@@ -124,7 +134,8 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         remove_empty(created)
         if isinstance(e, OSError) and not e.filename:  # a failed write() names no file: it was this one
-            e.filename, e.strerror = str(final), f"{e.strerror} (nothing was written under this name)"
+            e.strerror = f"{reason(e)} (nothing was written under this name)"
+            e.filename = str(final)
         _name_final(e, tmp, final)
         raise
 
@@ -172,6 +183,33 @@ def verify(path: str | os.PathLike, data: bytes) -> bool:
     except (OSError, IndexError):
         return True
     return hashlib.sha256(data).hexdigest() == want
+
+
+class _Stream:
+    """A file seen only through ``write`` (``str``: its name): ``np.save`` then writes it in chunks
+    with ``write``, whose errors carry their errno, instead of ``ndarray.tofile``, whose short write
+    says only "N requested and M written"."""
+
+    def __init__(self, f: Any):
+        self.write, self.name = f.write, f.name
+
+    def __str__(self) -> str:
+        return str(self.name)
+
+
+def save_npy(path: str | os.PathLike, arr: Any) -> None:
+    """``np.save(path, arr)``, with a failed write raised as an ``OSError`` naming ``path`` and its
+    cause (``No space left on device``, ``File too large``). Not atomic by itself: for files inside
+    a folder written with :func:`atomic_dir`."""
+    import numpy as np
+
+    try:
+        with open(path, "wb") as f:
+            np.save(_Stream(f), arr)
+    except OSError as e:
+        if not e.filename:
+            e.strerror, e.filename = reason(e), str(path)
+        raise
 
 
 def torch_save(obj: Any, path: str | os.PathLike) -> None:
