@@ -231,6 +231,17 @@ def test_json_outputs_never_replace_a_foreign_file(w, capsys, tmp_path, command)
     refused(capsys, args, notes, "not written by glcnet", watch=[tmp_path, *world(w)])
 
 
+def test_json_output_into_a_pipe_is_refused_not_waited_on(w, capsys, tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    refused(capsys, ["probe", "--ckpt", "none", "--data", w.prep, "--fraction", "1.0", "--out", fifo], fifo,
+            "not a regular file")
+    (tmp_path / "w.pt").write_bytes(b"")
+    os.mkfifo(tmp_path / "w.json")  # export's sidecar FILE.json is a pipe
+    refused(capsys, ["export", w.ft, "--format", "smp", "--out", tmp_path / "w.pt", "--overwrite"],
+            tmp_path / "w.json", "not a regular file")
+
+
 def test_export_never_replaces_an_input_or_a_foreign_file(w, capsys, tmp_path):
     refused(capsys, ["export", w.ft, "--format", "smp", "--out", w.model, "--overwrite"], w.model, "is the input",
             watch=world(w))

@@ -335,6 +335,8 @@ def check_file(path: str | os.PathLike, kind: str, inputs: Iterable[str | os.Pat
     _check_inputs(p, inputs)
     if p.is_dir():
         raise GlcnetError(f"{p}: is a folder; give a file name for the JSON output")
+    if p.exists() and not p.is_file():  # a pipe or a device: reading it to check would wait for ever
+        raise GlcnetError(f"{p}: is not a regular file (a pipe or a device); give a file name for the JSON output")
     if p.exists():
         try:
             mine = json.loads(p.read_text()).get("glcnet") == kind
