@@ -214,6 +214,7 @@ class FinetuneConfig:
     crop: int = 256
     class_weights: str = "none"  # none | inverse | sqrt-inverse (from train class counts)
     val_every: int = 1  # epochs between validation passes on the val scenes
+    val_stride: int = 0  # sliding-window stride of those passes; 0: eval.stride (the test evaluation's)
     early_stop: int = 0  # patience in validations; 0 = off
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(
@@ -337,8 +338,8 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
                      "stride", "crop", "val_every", "log_every", "checkpoint_every", "num_nodes", "aspp_channels",
                      "output_stride", "gamma", "limit_batches", "ratio"), _POS),
     **dict.fromkeys(("weight_decay", "min_lr", "warmup_epochs", "warmup_steps", "num_workers", "early_stop",
-                     "in_channels", "bn_tiles", "blur_sigma", "brightness", "contrast", "saturation", "cpu_chunk"),
-                    _NONNEG),
+                     "in_channels", "bn_tiles", "val_stride", "blur_sigma", "brightness", "contrast", "saturation",
+                     "cpu_chunk"), _NONNEG),
     **dict.fromkeys(("fraction", "scale", "mask_ratio"), _UNIT),
     **dict.fromkeys(("p_flip", "p_rot", "p_jitter", "p_gray", "p_blur", "lam", "momentum", "betas", "hue"), _PROB),
     **dict.fromkeys(("pixels", "max_iter", "atrous_rates"), _POS),

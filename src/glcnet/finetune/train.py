@@ -44,6 +44,7 @@ from glcnet.engine import (
     seed_everything,
 )
 from glcnet.errors import GlcnetError
+from glcnet.finetune.sliding import check_window
 from glcnet.finetune.task import MONITOR, SegmentationTask, first
 from glcnet.finetune.weights import load_pretrained, model_checkpoint, resolve_init, summary
 from glcnet.models import DeepLab, build_model
@@ -172,6 +173,10 @@ def run(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False) -> P
         raise GlcnetError(f"freeze: expected one of {', '.join(FREEZE)}, got {cfg.freeze!r}")
     if not cfg.loaded_lr_mult > 0:
         raise GlcnetError(f"loaded_lr_mult: must be > 0 (--freeze keeps a part as loaded), got {cfg.loaded_lr_mult}")
+    check_window(cfg.eval.window, cfg.eval.stride)
+    if cfg.val_stride > cfg.eval.window:
+        raise GlcnetError(f"val_stride: must be 0 (eval.stride) or in 1..eval.window ({cfg.eval.window}), "
+                          f"got {cfg.val_stride}")
     if not 1 <= cfg.val_every <= cfg.optim.epochs:
         raise GlcnetError(f"val_every: must be in 1..optim.epochs ({cfg.optim.epochs}), got {cfg.val_every}")
     ds = PreparedDataset(cfg.data)
@@ -205,7 +210,8 @@ def run(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False) -> P
         if slow and cfg.warmup_steps:
             lr_msg += f"; the loaded {cfg.load} waits {cfg.warmup_steps} steps (warmup_steps)"
         log.info(lr_msg)
-        task = SegmentationTask(net, cfg.optim, cfg.eval, ds.ignore_index, weights, frozen=frozen, lr=lr,
+        val_eval = replace(cfg.eval, stride=cfg.val_stride or cfg.eval.stride)  # the model-selection passes
+        task = SegmentationTask(net, cfg.optim, val_eval, ds.ignore_index, weights, frozen=frozen, lr=lr,
                                 slow=slow, slow_mult=cfg.loaded_lr_mult, warmup=cfg.warmup_steps)
         loader = _train_loader(cfg, tiles, trainer.world_size, trainer.global_rank)
         # every val pixel once over all ranks: one pooled confusion matrix (SegmentationTask)
