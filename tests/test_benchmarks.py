@@ -65,9 +65,12 @@ def test_gpu_benchmark_experiment_overrides_are_valid():
 
 @pytest.mark.slow
 def test_gpu_benchmark_tiny_smoke_on_cpu(cli, tmp_path):
-    """Every section of the GPU check runs end to end at toy sizes (the experiment: demo --quick)."""
+    """Every section of the GPU check runs end to end at toy sizes (the experiment: demo --quick). The
+    caps are set out of reach: the verdict must not depend on how busy the machine is (the capped
+    path has its own test below)."""
     out = tmp_path / "gpu.json"
-    p = cli("benchmark", "gpu", "--device", "cpu", "--tiny", "--json", out, env=ONE_THREAD)
+    p = cli("benchmark", "gpu", "--device", "cpu", "--tiny", "--json", out, "--budget", "36000",
+            *(f"--cap={s}=9000" for s in gpu.SECTIONS), env=ONE_THREAD)
     res = json.loads(out.read_text())
     s = res["sections"]
     assert res["tiny"] and set(s) == {"views", "pretrain", "experiment"}
@@ -81,3 +84,18 @@ def test_gpu_benchmark_tiny_smoke_on_cpu(cli, tmp_path):
     assert exp["status"] == "done" and [r["method"] for r in exp["results"]] == ["none", "glcnet"]
     assert all(r["n_done"] == "1" for r in exp["results"]) and exp["pretrain_steps"] == 2
     assert "done in" in p.stdout and res["elapsed_s"] < res["budget_s"]
+
+
+def test_gpu_benchmark_section_stopped_at_its_cap(tmp_path):
+    """A section that runs past its cap is stopped and says so; the JSON is complete."""
+    from conftest import call_cli
+
+    out = tmp_path / "gpu.json"
+    p = call_cli("benchmark", "gpu", "--device", "cpu", "--tiny", "--json", out, "--sections", "experiment",
+                 "--cap", "experiment=1")
+    res = json.loads(out.read_text())
+    assert res["caps_s"]["experiment"] == 1.0
+    assert res["sections"]["experiment"]["status"] == "stopped at the section's time cap (1 s)", res
+    assert "[experiment] stopped at the section's time cap" in p.stdout
+    bad = call_cli("benchmark", "gpu", "--device", "cpu", "--tiny", "--cap", "nope=3", check=False)
+    assert bad.returncode == 2

@@ -68,6 +68,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="seconds for everything (default 450; section caps: "
                              + ", ".join(f"{k} {v:.0f}" for k, v in SECTIONS.items()) + ")")
     parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset of the sections")
+    parser.add_argument("--cap", action="append", default=[], metavar="SECTION=SECONDS",
+                        help="another time cap for a section (repeatable), e.g. --cap experiment=300")
     parser.add_argument("--json", default=None, metavar="PATH",
                         help="where to write the figures (default: benchmark_gpu-DATE.json here)")
 
@@ -342,6 +344,17 @@ def main(args: argparse.Namespace) -> int:
                           f"(valid: {', '.join(SECTIONS)})")
     if args.budget <= 0:
         raise GlcnetError(f"benchmark gpu: --budget must be > 0 seconds, got {args.budget}")
+    caps = dict(SECTIONS)
+    for spec in args.cap:
+        name, _, value = spec.partition("=")
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = -1.0
+        if name not in SECTIONS or not seconds > 0:
+            raise GlcnetError(f"benchmark gpu: --cap {spec}: expected SECTION=SECONDS with a section of "
+                              f"{', '.join(SECTIONS)} and seconds > 0")
+        caps[name] = seconds
     device = check_device(args.device, args.tiny)
     path = Path(args.json or f"benchmark_gpu-{time.strftime('%Y%m%d-%H%M%S')}.json")
     if args.json is None and path.exists():
@@ -352,7 +365,7 @@ def main(args: argparse.Namespace) -> int:
     keep_freed_memory()  # as glcnet pretrain does
     if args.tiny:  # toy tensors: one torch thread (many tiny parallel regions stall on a shared CPU)
         torch.set_num_threads(1)
-    result: dict[str, Any] = {"tiny": args.tiny, "budget_s": args.budget, "caps_s": dict(SECTIONS),
+    result: dict[str, Any] = {"tiny": args.tiny, "budget_s": args.budget, "caps_s": caps,
                               "environment": environment(device), "sizes": {k: v for k, v in size.items()},
                               "sections": {}}
     env = result["environment"]
@@ -364,7 +377,7 @@ def main(args: argparse.Namespace) -> int:
         write_json(path, result)
 
     for name in sections:
-        clock.start_section(SECTIONS[name])
+        clock.start_section(caps[name])
         if clock.left() <= 1:
             result["sections"][name] = {"skipped": "no time left in the budget"}
             save()
