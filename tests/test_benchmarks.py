@@ -92,10 +92,10 @@ def test_gpu_benchmark_section_stopped_at_its_cap(tmp_path):
 
     out = tmp_path / "gpu.json"
     p = call_cli("benchmark", "gpu", "--device", "cpu", "--tiny", "--json", out, "--sections", "experiment",
-                 "--cap", "experiment=1")
+                 "--cap", "experiment=3")
     res = json.loads(out.read_text())
-    assert res["caps_s"]["experiment"] == 1.0
-    assert res["sections"]["experiment"]["status"] == "stopped at the section's time cap (1 s)", res
+    assert res["caps_s"]["experiment"] == 3.0
+    assert res["sections"]["experiment"]["status"] == "stopped at the section's time cap (3 s)", res
     assert "[experiment] stopped at the section's time cap" in p.stdout
     bad = call_cli("benchmark", "gpu", "--device", "cpu", "--tiny", "--cap", "nope=3", check=False)
     assert bad.returncode == 2
