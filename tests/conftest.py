@@ -16,6 +16,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one pytest process per core (make test: -n 2): one thread each,
+    os.environ["OMP_NUM_THREADS"] = "1"  # also for the CLIs the tests start; two workers x two threads on
+    os.environ["MKL_NUM_THREADS"] = "1"  # two cores spin against each other (OpenMP) and run slower
+
 
 def shared_data_dir() -> Path:
     return Path(os.environ.get("GLCNET_DATA", REPO.parent / "shared" / "data"))
