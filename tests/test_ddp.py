@@ -182,12 +182,13 @@ def test_two_process_momentum_methods_keep_per_process_batch_norm(potsdam, tmp_p
     synchronised batch norm is refused in one line before anything is written."""
     out = tmp_path / method
     run_cli("pretrain", "--config", "pretrain_cpu", "--data", potsdam, "--out", out, "--method", method,
-            "optim.epochs=1", "method.queue_size=16", "method.patch_queue_size=32", *SMALL, *DDP, env=ONE_THREAD)
+            "optim.epochs=1", "method.queue_size=16", "method.patch_queue_size=32", "method.bn_splits=2", *SMALL, *DDP,
+            env=ONE_THREAD)
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     keys = [k for k in ckpt["state_dict"] if k.endswith("running_mean")]
     assert any(k.startswith("method.key_net.") for k in keys) and any(k.startswith("method.net.") for k in keys)
     assert ckpt["glcnet"]["config"]["trainer"]["sync_batchnorm"] is None
     refused = run_cli("pretrain", "--config", "pretrain_cpu", "--data", potsdam, "--out", tmp_path / "x",
-                      "--method", method, "trainer.sync_batchnorm=true", *SMALL, check=False)
+                      "--method", method, "method.bn_splits=2", "trainer.sync_batchnorm=true", *SMALL, check=False)
     assert refused.returncode == 2 and f"{method} keeps batch norm per process" in refused.stderr
     assert not (tmp_path / "x").exists()

@@ -88,10 +88,10 @@ def run(ckpt: str | Path, data: str | Path | None = None, split: str = "test", c
                               "pass --data PREPARED")
     ds = PreparedDataset(data)
     _check_match(meta, ds, Path(ckpt))
-    _check_unseen(meta, ds, split, Path(ckpt))
     vr = parse_value_range(value_range, ds.in_channels)
     if vr is None:
         check_like_training(Path(data) / "dataset.json", meta, ds.meta.get("dtype", "uint8"), ds.value_range)
+    _check_unseen(meta, ds, split, Path(ckpt))  # after the refusals: its warning is not a second line
     ds.meta["value_range"] = vr or meta["value_range"]  # scale as the model was trained
     scenes = SceneDataset(ds, split)
     if out:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import segmentation_models_pytorch as smp
 import torch
@@ -77,29 +77,49 @@ def checkpoint_model_config(saved: Mapping[str, Any], where: str) -> ModelConfig
     return resolved(from_dict(ModelConfig, data, where))
 
 
-def untrained_convs(cfg: ModelConfig, side: int, in_channels: int = 3) -> dict[str, tuple[int, int]]:
-    """``{conv name: (dilation d, map side n)}`` of each stride-1 convolution wider than 1x1 whose
-    off-centre taps only ever read padding at ``side`` px inputs (``d >= n``, module doc): the ASPP
-    branches whose rate exceeds the map, and, at tiny inputs, the encoder's dilated last stage.
-    Found by a forward pass on the meta device (shapes only, no arithmetic: milliseconds)."""
+class DeadTaps(NamedTuple):
+    """The taps of one convolution that only ever read padding (:func:`untrained_convs`)."""
+
+    dilation: int
+    side: int  # of its input map
+    taps: frozenset[tuple[int, int]]  # (row, col) kernel positions
+
+
+def untrained_convs(cfg: ModelConfig, side: int, in_channels: int = 3) -> dict[str, DeadTaps]:
+    """The convolutions wider than 1x1 some of whose taps only ever read padding at ``side`` px inputs,
+    so that they get exactly zero gradient: along an axis, tap ``j`` of a convolution (kernel ``k``,
+    stride ``s``, padding ``p``, dilation ``d``) on an ``n``-wide input reads ``i s - p + j d`` for the
+    outputs ``i``; it is dead when that is outside ``0..n-1`` for every ``i`` (for a stride-1 ASPP
+    branch: every off-centre tap once ``d >= n``, module doc), and a kernel position is dead when its
+    row or its column tap is. Map sides come from a forward pass on the meta device (shapes only, no
+    arithmetic: milliseconds)."""
     with torch.device("meta"):
         net = build_model(cfg, in_channels)
     seen: dict[str, int] = {}
-    convs = {name: m for name, m in net.named_modules()
-             if isinstance(m, nn.Conv2d) and m.kernel_size[0] > 1 and m.stride[0] == 1}
+    convs = {name: m for name, m in net.named_modules() if isinstance(m, nn.Conv2d) and m.kernel_size[0] > 1}
     hooks = [m.register_forward_hook(lambda mod, inp, out, name=name: seen.__setitem__(name, inp[0].shape[-1]))
              for name, m in convs.items()]
     net.eval()
     net.features(torch.empty(1, net.in_channels, side, side, device="meta"))
     for h in hooks:
         h.remove()
-    return {name: (m.dilation[0], seen[name]) for name, m in convs.items() if m.dilation[0] >= seen[name]}
+    out = {}
+    for name, m in convs.items():
+        pad = m.padding if isinstance(m.padding, tuple) else (0, 0)
+        n, k, s, p, d = seen[name], m.kernel_size[0], m.stride[0], int(pad[0]), m.dilation[0]
+        outputs = (n + 2 * p - d * (k - 1) - 1) // s + 1
+        live = [any(0 <= i * s - p + j * d < n for i in range(outputs)) for j in range(k)]
+        dead = frozenset((a, b) for a in range(k) for b in range(k) if not (live[a] and live[b]))
+        if dead:
+            out[name] = DeadTaps(d, n, dead)
+    return out
 
 
-def aspp_branch_rates(cfg: ModelConfig, dead: Mapping[str, tuple[int, int]]) -> list[int]:
+def aspp_branch_rates(cfg: ModelConfig, dead: Mapping[str, DeadTaps]) -> list[int]:
     """The rates among ``dead`` (:func:`untrained_convs`) that are ASPP branches."""
     rates = atrous_rates(cfg)
-    return sorted({d for name, (d, _) in dead.items() if name.startswith("decoder.aspp.0.convs.") and d in rates})
+    return sorted({t.dilation for name, t in dead.items()
+                   if name.startswith("decoder.aspp.0.convs.") and t.dilation in rates})
 
 
 _warned: set[tuple[Any, ...]] = set()
@@ -120,7 +140,7 @@ def check_atrous_rates(cfg: ModelConfig, side: int, what: str) -> None:
     bad = aspp_branch_rates(cfg, dead)
     other = sorted(name for name in dead if not name.startswith("decoder.aspp.0.convs."))
     if other:
-        d, m = dead[other[0]]
+        d, m = dead[other[0]].dilation, dead[other[0]].side
         log.warning(f"warning: {what}: {side} px inputs are small for output stride {cfg.output_stride}: "
                     f"{other[0]} (dilation {d}) sees a {m}x{m} map, so only its centre tap trains")
     if bad:
