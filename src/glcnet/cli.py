@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("glcnet.data.info_cli", "summarise a prepared data set"),
     "pretrain": ("glcnet.ssl.pretrain", "self-supervised pretraining (glcnet, glcnet_m, vicregl, simclr, mocov2, ...)"),
     "finetune": ("glcnet.finetune.train", "fine-tune DeepLabv3+ on a labelled fraction, select on val scenes"),
+    "select": ("glcnet.select", "choose which train tiles to label with a frozen network's features (-> subset file)"),
     "probe": ("glcnet.finetune.probe_cli",
               "dense linear probe of frozen features (any checkpoint or none) on the val scenes"),
     "evaluate": ("glcnet.finetune.evaluate", "whole-scene sliding-window evaluation: OA, Kappa, mIoU, F1"),

@@ -154,6 +154,7 @@ class ProbeConfig:
     every: int = -1  # pretraining steps between probes; -1 = auto (~10 points per run, <= ~10% of its time); 0 = off
     fraction: float = 0.01  # labelled train subset the probe is fitted on (scored on the val scenes)
     subset_seed: int = -1  # as finetune.subset_seed
+    subset: str = ""  # as finetune.subset
     layers: list[str] = field(default_factory=lambda: ["aspp", "decoder"])
     pixels: int = 65536  # labelled training pixels sampled (fixed sample)
     window: int = 0  # val-scene window; 0 = the prepared tile size (the context the probe was fitted on)
@@ -211,6 +212,7 @@ class FinetuneConfig:
     warmup_steps: int = 0
     fraction: float = 0.01  # labelled subset chosen by prepare: 0.01 0.05 0.1 0.2 1.0
     subset_seed: int = -1  # -1: prepare's labelled subset; >= 0: a same-sized nested subset drawn with this seed
+    subset: str = ""  # a subset file of glcnet select: exactly its tiles are labelled (fraction, subset_seed unused)
     crop: int = 256
     class_weights: str = "none"  # none | inverse | sqrt-inverse (from train class counts)
     val_every: int = 1  # epochs between validation passes on the val scenes
@@ -238,7 +240,9 @@ class ExperimentConfig:
     # several pretrainings shared by all seeds: every cell of a pretrained method runs once per pretraining
     # (intervals then include the pretraining's variance); [] = pretrain_seed's rule
     pretrain_seeds: list[int] = field(default_factory=list)
-    subsets: str = "prepared"  # cells' labelled subsets: prepared (prepare's, one for all seeds) | seed (one per seed)
+    # cells' labelled subsets: prepared (prepare's, one for all seeds) | seed (one per seed) | a subset file
+    # path with {seed} (and {fraction}) in it, e.g. subsets/typiclust-s{seed}.json (glcnet select)
+    subsets: str = "prepared"
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 

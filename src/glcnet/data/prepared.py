@@ -103,11 +103,17 @@ class PreparedDataset:
         return self._scenes[scene]
 
     def tiles(self, split: str | Sequence[str] = "train", fraction: float | None = None,
-              subset_seed: int | None = None) -> list[Tile]:
-        """Tiles of the split(s); ``fraction`` keeps only a labelled subset (:meth:`labelled_ids`)."""
+              subset_seed: int | None = None, subset: str | None = None) -> list[Tile]:
+        """Tiles of the split(s); ``fraction`` keeps only a labelled subset (:meth:`labelled_ids`), and a
+        subset file (``subset``, :mod:`glcnet.data.subsets`) exactly its tiles, whatever ``fraction``."""
         splits = (split,) if isinstance(split, str) else tuple(split)
         out = [t for t in self._tiles if t.split in splits]
-        if fraction is not None:
+        if subset:
+            from glcnet.data.subsets import read_subset
+
+            keep = set(read_subset(subset, self))
+            out = [t for t in out if t.tile_id in keep]
+        elif fraction is not None:
             keep = set(self.labelled_ids(fraction, subset_seed))
             out = [t for t in out if t.tile_id in keep]
         return out
@@ -124,9 +130,9 @@ class PreparedDataset:
             return list(subsets[key])
         from glcnet.data.splits import labelled_subsets
 
-        return labelled_subsets(self._labelled_pool(), [fraction], subset_seed)[key]
+        return labelled_subsets(self.labelled_pool(), [fraction], subset_seed)[key]
 
-    def _labelled_pool(self) -> list[int]:
+    def labelled_pool(self) -> list[int]:
         """Train tiles with at least one labelled pixel (prepare's pool; its 1.0 subset when stored)."""
         if "1.0" in self.split_info.get("labelled", {}):
             return list(self.split_info["labelled"]["1.0"])
@@ -207,10 +213,10 @@ class TileDataset(torch.utils.data.Dataset):
 
     def __init__(self, ds: PreparedDataset, splits: str | Sequence[str] = ("train",), fraction: float | None = None,
                  with_mask: bool = True, crop: int | None = None, augment: bool = False, uint8: bool = False,
-                 subset_seed: int | None = None):
+                 subset_seed: int | None = None, subset: str | None = None):
         self.ds, self.with_mask, self.crop, self.augment = ds, with_mask, crop, augment
         self.uint8 = uint8 and ds.is_8bit
-        self.items = ds.tiles(splits, fraction, subset_seed)
+        self.items = ds.tiles(splits, fraction, subset_seed, subset)
         if not self.items:
             raise GlcnetError(f"{ds.root}: no tiles in split(s) {splits}"
                               + (f" for fraction {fraction}" if fraction is not None else ""))

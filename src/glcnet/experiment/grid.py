@@ -170,6 +170,8 @@ def finetune_config(cfg: ExperimentConfig, fraction: float, seed: int, method: s
     fc.data, fc.seed, fc.fraction = cfg.data, seed, fraction
     if cfg.subsets == "seed":
         fc.subset_seed = seed
+    elif "{seed}" in cfg.subsets or "{fraction}" in cfg.subsets:
+        fc.subset = cfg.subsets.format(seed=seed, fraction=f"{fraction:g}")
     return fc
 
 
@@ -188,8 +190,15 @@ def _check(cfg: ExperimentConfig) -> None:
     names = _stages()["methods"]
     if not cfg.methods or not cfg.fractions or not cfg.seeds:
         raise GlcnetError("experiment: methods, fractions and seeds must each list at least one value")
-    if cfg.subsets not in SUBSETS:
-        raise GlcnetError(f"experiment: subsets: expected one of {', '.join(SUBSETS)}, got {cfg.subsets!r}")
+    if cfg.subsets not in SUBSETS and "{seed}" not in cfg.subsets and "{fraction}" not in cfg.subsets:
+        raise GlcnetError(f"experiment: subsets: expected one of {', '.join(SUBSETS)} or a subset file path with "
+                          f"{{seed}} in it, got {cfg.subsets!r}")
+    for s in cfg.seeds if "{" in cfg.subsets else []:
+        for f in cfg.fractions:
+            path = Path(cfg.subsets.format(seed=s, fraction=f"{f:g}"))
+            if not path.is_file():
+                raise GlcnetError(f"experiment: subsets: {path} (seed {s}, fraction {f:g}) not found "
+                                  "(glcnet select --out it)")
     for spec in cfg.methods:
         name, overrides = parse_method(spec)
         if name not in names:
@@ -323,6 +332,8 @@ class Grid:
         init = "none" if is_random(method) else self.pretrain_dir(method, seed, pretrain).name
         ft = _hashable(finetune_config(self.cfg, fraction, seed, method))
         ft.pop("init", None)  # replaced by the pretraining's folder name (its hash)
+        if ft.get("subset"):  # a subset file: by content
+            ft["subset"] = short_hash(Path(ft["subset"]).read_text()) if Path(ft["subset"]).is_file() else ft["subset"]
         h = short_hash({"data": self.data, "v": DEFAULTS_VERSION, "init": init, "finetune": ft})
         p = "" if pretrain is None else f"-p{pretrain}"
         return self.out / "cells" / f"{slug(method)}-f{fraction:g}-s{seed}{p}-{h}"
@@ -358,7 +369,8 @@ class Grid:
             return
         pc = copy.deepcopy(self.cfg.pretrain.probe)
         # the cell's subset
-        pc.fraction, pc.subset_seed = fraction, finetune_config(self.cfg, fraction, seed).subset_seed
+        ft = finetune_config(self.cfg, fraction, seed)
+        pc.fraction, pc.subset_seed, pc.subset = fraction, ft.subset_seed, ft.subset
         # a pretrained init: its weights; none: the cell's own random network (fine-tuning builds it from seed)
         result = _stages()["probe"](init, self.cfg.data, pc, self.cfg.finetune.model, seed)
         cell.mkdir(parents=True, exist_ok=True)

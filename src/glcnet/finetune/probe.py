@@ -157,7 +157,7 @@ class DenseProbe:
 
     def __init__(self, ds: Any, fraction: float = 0.01, layers: Sequence[str] = LAYERS, pixels: int = 65536,
                  window: int = 0, batch_size: int = 16, l2: float = 1e-4, max_iter: int = 100, seed: int = 0,
-                 subset_seed: int = -1, bn_tiles: int = 256):
+                 subset_seed: int = -1, bn_tiles: int = 256, subset: str = ""):
         from glcnet.data.prepared import SceneDataset, TileDataset, sample_tiles
 
         bad = [layer for layer in layers if layer not in LAYERS]
@@ -170,7 +170,8 @@ class DenseProbe:
         self.layers, self.batch_size = tuple(layers), batch_size
         self.l2, self.max_iter = l2, max_iter
         self.num_classes, self.ignore_index, self.classes = ds.num_classes, ds.ignore_index, ds.classes
-        tiles = TileDataset(ds, splits=("train",), fraction=fraction, with_mask=True, subset_seed=subset_seed)
+        tiles = TileDataset(ds, splits=("train",), fraction=fraction, with_mask=True, subset_seed=subset_seed,
+                            subset=subset or None)
         self.fraction = fraction
         self.tiles = [tiles[i] for i in range(len(tiles))]  # {"image" [C, h, w], "mask" [h, w]}
         scenes = SceneDataset(ds, "val")
@@ -197,7 +198,7 @@ class DenseProbe:
     def from_config(cls, ds: Any, cfg: ProbeConfig) -> DenseProbe:
         return cls(ds, cfg.fraction, layers=cfg.layers, pixels=cfg.pixels, window=cfg.window,
                    batch_size=cfg.batch_size, l2=cfg.l2, max_iter=cfg.max_iter, subset_seed=cfg.subset_seed,
-                   bn_tiles=cfg.bn_tiles)
+                   bn_tiles=cfg.bn_tiles, subset=cfg.subset)
 
     @staticmethod
     def unavailable(ds: Any, fraction: float) -> str | None:

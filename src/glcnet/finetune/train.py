@@ -119,7 +119,7 @@ def _train_tiles(cfg: FinetuneConfig, ds: Any) -> Any:
         raise GlcnetError(f"crop: must be a multiple of 16, got {cfg.crop}")
     check_atrous_rates(cfg.model, cfg.crop, f"crop={cfg.crop}")
     tiles = TileDataset(ds, splits=("train",), fraction=cfg.fraction, with_mask=True, crop=cfg.crop, augment=True,
-                        subset_seed=cfg.subset_seed)
+                        subset_seed=cfg.subset_seed, subset=cfg.subset or None)
     if cfg.trainer.batch_size < 2:
         raise GlcnetError("trainer.batch_size: must be >= 2 (batch norm in the ASPP pooling branch)")
     return tiles
@@ -181,7 +181,8 @@ def run(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False) -> P
         raise GlcnetError(f"val_every: must be in 1..optim.epochs ({cfg.optim.epochs}), got {cfg.val_every}")
     ds = PreparedDataset(cfg.data)
     init = resolve_init(cfg.init)  # paths resolved: the saved config works from any folder
-    cfg = replace(cfg, data=str(Path(cfg.data).resolve()), init=str(init.resolve()) if init else cfg.init)
+    cfg = replace(cfg, data=str(Path(cfg.data).resolve()), init=str(init.resolve()) if init else cfg.init,
+                  subset=str(Path(cfg.subset).resolve()) if cfg.subset else "")
     out = Path(cfg.out)
     last, hint = previous_run(out, "finetune", cfg, resume, result="model.pt", noun="fine-tuning")
     val = SceneDataset(ds, "val")  # model selection: val scenes only, never test
