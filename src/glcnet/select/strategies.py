@@ -12,9 +12,10 @@ and is deterministic given ``seed``:
   nn_k(x)||`` over its ``k = min(20, cluster size - 1)`` nearest neighbours in the cluster; the
   clusters are taken largest first. Typical and diverse: what works at very small budgets, where
   uncertainty and outlier-seeking choices fail.
-- ``probcover`` (Yehuda et al., NeurIPS 2022): points are balls of radius ``delta`` (the
-  median distance to the 10th nearest neighbour here, a scale-free rule instead of the paper's
-  purity search); greedily take the point whose ball covers most not-yet-covered points.
+- ``probcover`` (Yehuda et al., NeurIPS 2022): points are balls of radius ``delta``, the largest
+  at which 95% of the balls are *pure* (hold points of one k-means cluster, ``budget`` clusters:
+  the paper's rule, searched over the 1st..50th percentiles of the pairwise distances); greedily
+  take the point whose ball covers most not-yet-covered points.
 """
 
 from __future__ import annotations
@@ -73,9 +74,18 @@ def typiclust(x: np.ndarray, budget: int, seed: int) -> list[int]:
 
 def probcover(x: np.ndarray, budget: int, seed: int) -> list[int]:
     """ProbCover's greedy ball cover (module doc)."""
+    from sklearn.cluster import KMeans
+
     d = _distances(x)
-    k = min(10, len(x) - 1)
-    delta = float(np.median(np.sort(d, axis=1)[:, k]))
+    labels = KMeans(n_clusters=budget, n_init=3, random_state=seed).fit_predict(x)
+    same = labels[:, None] == labels[None, :]
+    delta = 0.0
+    for q in np.linspace(1, 50, 25):
+        cand = float(np.percentile(d, q))
+        balls = d <= cand
+        if ((balls & ~same).any(1)).mean() > 0.05:  # more than 5% of the balls hold another cluster's points
+            break
+        delta = cand
     balls = d <= delta  # [N, N]: j in the ball of i
     covered = np.zeros(len(x), dtype=bool)
     chosen: list[int] = []
