@@ -91,3 +91,29 @@ def test_against_sklearn_and_torchmetrics_random():
 def test_bad_mask_value_is_a_one_line_error():
     with pytest.raises(GlcnetError, match="class 7"):
         confusion_matrix(np.zeros(3, int), np.array([0, 7, 1]), 6)
+
+
+def test_continent_sized_counts_do_not_overflow():
+    """10^10 pixels per class: ``sum rows_c cols_c`` is ~10^20, past int64; the metrics are those of the
+    same matrix scaled down (every metric is invariant to scaling all counts)."""
+    small = np.array([[70, 20, 10], [5, 80, 15], [10, 10, 80]], dtype=np.int64)
+    big = compute_metrics(torch.as_tensor(small * 10**8))  # int64 counts, as confusion_matrix returns
+    ref = compute_metrics(small)
+    for key in ("oa", "kappa", "miou", "mean_f1", "mean_precision", "mean_recall"):
+        assert big[key] == pytest.approx(ref[key], rel=1e-12), key
+    assert big["pixels"] == int(small.sum()) * 10**8 and big["confusion"][0][0] == 70 * 10**8
+
+
+def test_undefined_ratios_are_zero_and_names_must_match():
+    # class 2 is predicted but never true: recall 0/0 -> 0 (as sklearn's zero_division=0), IoU 0
+    m = compute_metrics(np.array([[5, 0, 1], [0, 4, 0], [0, 0, 0]]))
+    c2 = m["per_class"]["2"]
+    assert (c2["recall"], c2["iou"], c2["f1"], c2["precision"], c2["support"]) == (0.0, 0.0, 0.0, 0.0, 0)
+    with pytest.raises(ValueError, match="2 class names for a 3x3 confusion matrix"):
+        compute_metrics(np.eye(3), classes=["a", "b"])
+
+
+def test_json_safe_replaces_non_finite_values_at_any_depth():
+    obj = {"a": [1.0, float("nan"), (float("inf"), 2)], "b": {"c": -float("inf"), "d": "x"}, "e": 3}
+    assert json_safe(obj) == {"a": [1.0, None, [None, 2]], "b": {"c": None, "d": "x"}, "e": 3}
+    json.dumps(json_safe(obj), allow_nan=False)
