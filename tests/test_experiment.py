@@ -488,24 +488,33 @@ def test_finetune_overrides_share_the_pretraining_and_pretrain_seed(fake, cfg):
 
 
 def test_long_cpu_protocol_config(fake, cfg, monkeypatch):
-    """experiment_cpu_long: experiment_cpu's fine-tuning and test with ~10x the pretraining, one
-    pretraining per method shared by paired seeds with their own subsets; every entry runs."""
+    """experiment_cpu_long: experiment_cpu's fine-tuning and test with ~10x the pretraining, ten paired
+    seeds with their own subsets, two pretrainings per method; every (entry, seed, pretraining) runs,
+    random init once per seed, and the tables pair every pretraining with random init's cell."""
     from glcnet.ssl import METHOD_NAMES
 
     long, short = (load_config(ExperimentConfig, n) for n in ("experiment_cpu_long", "experiment_cpu"))
     assert long.finetune == short.finetune and long.fractions == short.fractions == [0.01]
-    assert long.pretrain_seed == 0 and long.subsets == "seed" and len(long.seeds) >= 3
-    assert {"none", "simclr", "mocov2", "glcnet", "glcnet[finetune.load=all]"} <= set(long.methods)
+    assert long.pretrain.model == long.finetune.model == short.pretrain.model
+    assert len(long.pretrain_seeds) >= 2 and long.subsets == "seed" and len(long.seeds) >= 10
+    assert {"none", "simclr", "glcnet"} <= set(long.methods)
     steps = long.pretrain.optim.epochs * (2730 // long.pretrain.trainer.batch_size)  # roads: 2,730 pool tiles
     short_steps = short.pretrain.optim.epochs * short.pretrain.trainer.limit_batches
     assert steps >= 9 * short_steps and long.pretrain.trainer.limit_batches == 1.0
-    # the grid on fake stages: one pretraining per pretraining method, every (entry, seed) a cell
+    # the grid on fake stages: one pretraining per (method, pretraining seed)
     names = sorted({grid.parse_method(m)[0] for m in long.methods})
     monkeypatch.setattr(grid, "_stages", lambda: {**fake.stages(), "methods": list(METHOD_NAMES)})
     for n in names:
         monkeypatch.setitem(BASE, n, BASE.get(n, 0.55))
     cfg.methods, cfg.seeds, cfg.fractions = long.methods, long.seeds, long.fractions
-    cfg.pretrain_seed, cfg.subsets = long.pretrain_seed, long.subsets
-    grid.run(cfg, log=lambda s: None)
-    assert sorted(c[1] for c in fake.calls if c[0] == "pretrain") == [n for n in names if n != "none"]
-    assert fake.count("evaluate") == len(long.methods) * len(long.seeds)
+    cfg.pretrain_seeds, cfg.subsets = long.pretrain_seeds, long.subsets
+    paths = grid.run(cfg, log=lambda s: None)
+    p = len(long.pretrain_seeds)
+    assert sorted((c[1], c[2]) for c in fake.calls if c[0] == "pretrain") == sorted(
+        (n, s) for n in names if n != "none" for s in long.pretrain_seeds)
+    assert fake.count("evaluate") == len(long.seeds) * (1 + p * (len(long.methods) - 1))
+    rows = {r["method"]: r for r in csv.DictReader(paths["csv"].open())}
+    # kappa = base + 0.1 f + 0.01 seed: glcnet - none = 0.20 on every cell, both pretrainings alike
+    assert int(rows["glcnet"]["dkappa_vs_none_n"]) == p * len(long.seeds)
+    assert float(rows["glcnet"]["dkappa_vs_none_mean"]) == pytest.approx(0.20)
+    assert "-p1-" in "".join(d.name for d in (Path(cfg.out) / "cells").iterdir())
