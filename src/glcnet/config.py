@@ -216,7 +216,7 @@ class FinetuneConfig:
     crop: int = 256
     class_weights: str = "none"  # none | inverse | sqrt-inverse (from train class counts)
     val_every: int = 1  # epochs between validation passes on the val scenes
-    val_stride: int = 0  # sliding-window stride of those passes; 0: eval.stride (the test evaluation's)
+    val_stride: int = 0  # sliding-window stride of those passes (at most eval.window); 0: eval.stride
     early_stop: int = 0  # patience in validations; 0 = off
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(

@@ -174,9 +174,6 @@ def run(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False) -> P
     if not cfg.loaded_lr_mult > 0:
         raise GlcnetError(f"loaded_lr_mult: must be > 0 (--freeze keeps a part as loaded), got {cfg.loaded_lr_mult}")
     check_window(cfg.eval.window, cfg.eval.stride)
-    if cfg.val_stride > cfg.eval.window:
-        raise GlcnetError(f"val_stride: must be 0 (eval.stride) or in 1..eval.window ({cfg.eval.window}), "
-                          f"got {cfg.val_stride}")
     if not 1 <= cfg.val_every <= cfg.optim.epochs:
         raise GlcnetError(f"val_every: must be in 1..optim.epochs ({cfg.optim.epochs}), got {cfg.val_every}")
     ds = PreparedDataset(cfg.data)
@@ -211,7 +208,7 @@ def run(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False) -> P
         if slow and cfg.warmup_steps:
             lr_msg += f"; the loaded {cfg.load} waits {cfg.warmup_steps} steps (warmup_steps)"
         log.info(lr_msg)
-        val_eval = replace(cfg.eval, stride=cfg.val_stride or cfg.eval.stride)  # the model-selection passes
+        val_eval = replace(cfg.eval, stride=min(cfg.val_stride, cfg.eval.window) or cfg.eval.stride)  # model selection
         task = SegmentationTask(net, cfg.optim, val_eval, ds.ignore_index, weights, frozen=frozen, lr=lr,
                                 slow=slow, slow_mult=cfg.loaded_lr_mult, warmup=cfg.warmup_steps)
         loader = _train_loader(cfg, tiles, trainer.world_size, trainer.global_rank)
