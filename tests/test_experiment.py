@@ -517,4 +517,7 @@ def test_long_cpu_protocol_config(fake, cfg, monkeypatch):
     # kappa = base + 0.1 f + 0.01 seed: glcnet - none = 0.20 on every cell, both pretrainings alike
     assert int(rows["glcnet"]["dkappa_vs_none_n"]) == p * len(long.seeds)
     assert float(rows["glcnet"]["dkappa_vs_none_mean"]) == pytest.approx(0.20)
+    # and the other way round: random init against every GLCNet pretraining (it was paired with the first only)
+    assert int(rows["none"]["dkappa_vs_glcnet_n"]) == p * len(long.seeds)
+    assert float(rows["none"]["dkappa_vs_glcnet_mean"]) == pytest.approx(-0.20)
     assert "-p1-" in "".join(d.name for d in (Path(cfg.out) / "cells").iterdir())

@@ -136,7 +136,8 @@ def matched_baseline(method: str, baseline: str, present: set[str]) -> str:
 def paired(cells: list[CellResult], method: str, baseline: str, fraction: float, metric: str = "kappa") -> Paired:
     """Paired difference ``method - baseline`` of a test metric over the seeds both finished; with
     several pretraining seeds, over (pretraining, seed) with both variances (:func:`crossed_difference`).
-    A baseline with one pretraining (or none: random init) is paired with each of the method's."""
+    A side with one pretraining (or none: random init) is paired with each of the other side's, so
+    ``paired(a, b) == -paired(b, a)``."""
     def by_cell(m: str) -> dict[tuple[int, int], float]:
         return {(c.pretrain_seed or 0, c.seed): c.metrics[metric] for c in cells
                 if c.method == m and c.fraction == fraction and c.status == "done" and metric in c.metrics}
@@ -145,6 +146,9 @@ def paired(cells: list[CellResult], method: str, baseline: str, fraction: float,
     if len({p for p, _ in b}) <= 1:
         b_seed = {s: v for (_, s), v in b.items()}
         d = {(p, s): v - b_seed[s] for (p, s), v in a.items() if s in b_seed}
+    elif len({p for p, _ in a}) <= 1:  # random init against a method with several pretrainings: each of them
+        a_seed = {s: v for (_, s), v in a.items()}
+        d = {(p, s): a_seed[s] - v for (p, s), v in b.items() if s in a_seed}
     else:
         d = {k: v - b[k] for k, v in a.items() if k in b}
     if len({p for p, _ in d}) <= 1:
